@@ -1,0 +1,333 @@
+"""Reading and writing weights without ever running code from a file.
+
+- audiocraft `state_dict.bin` (base MusicGen LM): `best_state` + `xp.cfg`.
+- the official Instruct-MusicGen Lightning checkpoint (`finetuned.ckpt`): its pickle names a few
+  classes (the Instructor, `functools.partial`, AdamW, a scheduler); each is bound to an inert
+  stand-in that only records what it is given, and any other global is refused before anything
+  is built.
+- our adapter: a safetensors file with only what inference needs, written tensor by tensor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from .config import ConfigError, FusionConfig, LMConfig
+
+ADAPTER_FORMAT = "instruct-musicgen-adapter"
+ADAPTER_VERSION = "1"
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be used; the message says what is wrong with it."""
+
+
+class Inert:
+    """Stand-in for a class named in a checkpoint's pickle: records its arguments, runs nothing."""
+
+    qualified_name = "?"
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<inert {self.qualified_name}>"
+
+
+def _inert(name: str) -> type:
+    return type("Inert_" + name.replace(".", "_"), (Inert,), {"qualified_name": name})
+
+
+# The globals that the official training code pickles besides tensors and plain containers.
+OFFICIAL_GLOBALS = (
+    "src.models.components.model.Instructor",
+    "functools.partial",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "torch.optim.lr_scheduler.LambdaLR",
+)
+
+
+def safe_load(path: str | os.PathLike, allowed_globals=(), what: str = "checkpoint") -> dict:
+    """`torch.load` restricted to tensors, plain containers and `allowed_globals` (bound to inert
+    stand-ins). Storages are memory-mapped, so nothing is read until a tensor is used."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{what} {path} is empty (0 bytes)")
+    stubs = [(_inert(name), name) for name in allowed_globals]
+    is_zip = zipfile.is_zipfile(path)
+    if is_zip:
+        _check_zip(path, what)
+    try:
+        with torch.serialization.safe_globals(stubs):
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+    except pickle.UnpicklingError as e:
+        name = re.search(r"GLOBAL ([\w.]+)", str(e))
+        allowed = ", ".join(allowed_globals) or "none"
+        if name:
+            raise CheckpointError(
+                f"refusing {what} {path}: its pickle references '{name.group(1)}', which is not a "
+                f"tensor, a plain container or one of the known names ({allowed}). Nothing from the "
+                f"file was executed.") from None
+        raise CheckpointError(f"refusing {what} {path}: {e}. Nothing from the file was executed.") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt and cannot be read: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, expected a dict")
+    return obj
+
+
+def _check_zip(path: Path, what: str):
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt: {e}") from None
+    size = path.stat().st_size
+    for info in infos:
+        if info.header_offset + info.compress_size > size:
+            raise CheckpointError(f"{what} {path} is truncated: entry {info.filename} runs past the end")
+
+
+# ---------------------------------------------------------------- audiocraft base LM
+
+TEXT_PROJ_PREFIX = "condition_provider.conditioners.description.output_proj."
+
+
+def read_audiocraft_lm(path) -> tuple[LMConfig, dict[str, torch.Tensor]]:
+    """An audiocraft `state_dict.bin` -> (config, state dict in our model's names)."""
+    pkg = safe_load(path, what="MusicGen LM checkpoint")
+    if "best_state" not in pkg or "xp.cfg" not in pkg:
+        raise CheckpointError(f"{path} is not an audiocraft MusicGen LM export: expected keys "
+                              f"'best_state' and 'xp.cfg', found {sorted(pkg)[:8]}")
+    cfg = pkg["xp.cfg"]
+    if isinstance(cfg, str):
+        cfg = yaml.safe_load(cfg)
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: 'xp.cfg' is a {type(cfg).__name__}, expected a YAML text or a dict")
+    try:
+        lm_cfg = LMConfig.from_audiocraft(cfg)
+    except (KeyError, ConfigError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    state = {}
+    for key, value in pkg["best_state"].items():
+        if key.startswith(TEXT_PROJ_PREFIX):
+            state["text_proj." + key[len(TEXT_PROJ_PREFIX):]] = value
+        elif key.startswith("condition_provider."):
+            continue
+        else:
+            state["lm." + key] = value
+    return lm_cfg, state
+
+
+# ---------------------------------------------------------------- official Instruct-MusicGen
+
+_OFFICIAL_LM = "model.peft_model.lm.transformer.base_model.model."
+_OFFICIAL_CP = "model.cp_transformer."
+_CROSS = re.compile(r"layers\.(\d+)\.cross_attention\.((?:q|k|v)_proj\..*)")
+
+
+def official_adapter_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Pick and rename what inference needs from the official `state_dict`."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(_OFFICIAL_CP):
+            rest = key[len(_OFFICIAL_CP):]
+            if rest in ("pos_emb", "gates") or rest.startswith("merge_linear."):
+                out["fusion." + rest] = value
+        elif key.startswith(_OFFICIAL_LM):
+            m = _CROSS.fullmatch(key[len(_OFFICIAL_LM):])
+            if m:
+                out[f"lm.transformer.layers.{m.group(1)}.cross_attention.{m.group(2)}"] = value
+    return out
+
+
+def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> dict[str, tuple]:
+    shapes = {"fusion.pos_emb": (fusion.num_layers + 1, fusion.max_frames + 1, dim),
+              "fusion.gates": (fusion.num_layers,)}
+    for i in range(fusion.num_layers):
+        shapes[f"fusion.merge_linear.{i}.weight"] = (dim, dim)
+    r = fusion.lora_rank
+    for i in range(lm_layers):
+        p = f"lm.transformer.layers.{i}.cross_attention."
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            if proj in fusion.lora_targets:
+                shapes[p + f"{proj}.base_layer.weight"] = (dim, dim)
+                shapes[p + f"{proj}.lora_A.default.weight"] = (r, dim)
+                shapes[p + f"{proj}.lora_B.default.weight"] = (dim, r)
+            else:
+                shapes[p + f"{proj}.weight"] = (dim, dim)
+    return shapes
+
+
+def check_tensors(tensors: dict, expected: dict[str, tuple], source: str, allow_extra: bool = False):
+    """Refuse missing, mis-shaped or (unless allowed) unexpected keys, naming them."""
+    missing = sorted(k for k in expected if k not in tensors)
+    wrong = sorted(f"{k} {list(tensors[k].shape)} (expected {list(expected[k])})"
+                   for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k]))
+    extra = [] if allow_extra else sorted(k for k in tensors if k not in expected)
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_some(missing)}")
+    if wrong:
+        problems.append(f"mis-shaped keys: {_some(wrong)}")
+    if extra:
+        problems.append(f"unexpected keys: {_some(extra)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+    non_finite = [k for k in expected if tensors[k].is_floating_point() and not torch.isfinite(tensors[k]).all()]
+    if non_finite:
+        raise CheckpointError(f"{source}: non-finite values (NaN or inf) in {_some(non_finite)}")
+
+
+def _some(items, n=12) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def fusion_config_of(tensors: dict[str, torch.Tensor], source: str, lora_alpha: int = 64) -> tuple[FusionConfig, int, int]:
+    """Infer (fusion config, LM layers, LM dim) from adapter tensors."""
+    for key in ("fusion.pos_emb", "fusion.gates"):
+        if key not in tensors:
+            raise CheckpointError(f"{source}: missing keys: {key} (not an Instruct-MusicGen checkpoint?)")
+    pos = tensors["fusion.pos_emb"]
+    if pos.dim() != 3:
+        raise CheckpointError(f"{source}: mis-shaped keys: fusion.pos_emb {list(pos.shape)} (expected 3 dims)")
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"lm\.transformer\.layers\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError(f"{source}: missing keys: the cross-attention q/k/v and LoRA weights")
+    lora_a = [v for k, v in tensors.items() if k.endswith("lora_A.default.weight")]
+    rank = lora_a[0].shape[0] if lora_a else 32
+    targets = tuple(p for p in ("q_proj", "k_proj", "v_proj")
+                    if f"lm.transformer.layers.0.cross_attention.{p}.lora_A.default.weight" in tensors)
+    cfg = FusionConfig(num_layers=int(tensors["fusion.gates"].shape[0]), max_frames=pos.shape[1] - 1,
+                       lora_rank=int(rank), lora_alpha=lora_alpha, lora_targets=targets or ("q_proj", "v_proj"))
+    return cfg, max(layers) + 1, pos.shape[2]
+
+
+def read_official_checkpoint(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict]:
+    """The official Lightning checkpoint -> (fusion config, adapter tensors, info). Memory-mapped."""
+    ckpt = safe_load(path, OFFICIAL_GLOBALS, what="Instruct-MusicGen checkpoint")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no 'state_dict': not a Lightning checkpoint "
+                              f"(top-level keys: {sorted(ckpt)[:8]})")
+    tensors = official_adapter_tensors(state)
+    fusion, lm_layers, dim = fusion_config_of(tensors, str(path))
+    hp = _instructor_kwargs(ckpt)
+    if "num_layers" in hp and hp["num_layers"] != fusion.num_layers:
+        raise CheckpointError(f"{path}: hyper-parameters say num_layers={hp['num_layers']} but the "
+                              f"weights hold {fusion.num_layers} gates")
+    check_tensors(tensors, expected_adapter_shapes(lm_layers, dim, fusion), str(path))
+    info = {"lm_layers": lm_layers, "lm_dim": dim, "hyper_parameters": hp,
+            "global_step": ckpt.get("global_step")}
+    return fusion, tensors, info
+
+
+def _instructor_kwargs(ckpt: dict) -> dict:
+    """`sec`, `num_layers`, ... from the pickled `functools.partial(Instructor, ...)`, if present."""
+    partial = (ckpt.get("hyper_parameters") or {}).get("instructor")
+    state = getattr(partial, "state", None)
+    if isinstance(state, tuple) and len(state) >= 3 and isinstance(state[2], dict):
+        return {k: v for k, v in state[2].items() if isinstance(v, (int, float, str, bool))}
+    return {}
+
+
+# ---------------------------------------------------------------- our adapter (safetensors)
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32"}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]):
+    """Write a safetensors file one tensor at a time (peak memory: one tensor, not the file), to a
+    temporary name first so that a failure leaves nothing behind."""
+    path = Path(path)
+    header, offset = {"__metadata__": metadata}, 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise CheckpointError(f"cannot store {name} of dtype {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            for t in tensors.values():
+                t = t.detach().contiguous()
+                if t.dtype == torch.bfloat16:
+                    t = t.view(torch.int16)
+                f.write(t.numpy().data.cast("B") if t.numel() else b"")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_model: str,
+                     dialect: str, stems, source: str = "") -> dict[str, str]:
+    return {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base_model": base_model,
+            "dialect": dialect, "stems": json.dumps(list(stems)), "fusion": json.dumps(fusion.to_dict()),
+            "lm_layers": str(lm_layers), "lm_dim": str(lm_dim), "source": source}
+
+
+def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dialect: str = "slakh",
+                     stems=None, overwrite: bool = False) -> dict[str, str]:
+    """Official `finetuned.ckpt` -> compact safetensors adapter. Returns the metadata written."""
+    from .instructions import default_stems
+    dst = Path(dst)
+    if Path(src).resolve() == dst.resolve():
+        raise CheckpointError("the output path is the input checkpoint; choose another name")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
+    stems = list(stems) if stems else default_stems(dialect)
+    fusion, tensors, info = read_official_checkpoint(src)
+    meta = adapter_metadata(fusion, info["lm_layers"], info["lm_dim"], base_model, dialect, stems,
+                            source=Path(src).name)
+    write_safetensors(tensors, dst, meta)
+    return meta
+
+
+def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """Our adapter file -> (fusion config, tensors, metadata), validated."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"adapter {path} is truncated or corrupt: {e}") from None
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is not an Instruct-MusicGen adapter (metadata format="
+                              f"{meta.get('format')!r}); convert the official checkpoint with `imgen convert`")
+    try:
+        fusion = FusionConfig.from_dict(json.loads(meta["fusion"]))
+        lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"adapter {path} has unreadable metadata: {e}") from None
+    check_tensors(tensors, expected_adapter_shapes(lm_layers, lm_dim, fusion), f"adapter {path}")
+    return fusion, tensors, meta

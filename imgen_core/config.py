@@ -1,0 +1,113 @@
+"""Model configuration: the sizes of the MusicGen LM and of the fusion modules."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+class ConfigError(ValueError):
+    """A model configuration this library cannot build."""
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """Sizes of an audiocraft MusicGen language model (pre-norm, no biases, sinusoidal positions)."""
+
+    dim: int
+    num_heads: int
+    num_layers: int
+    n_q: int = 4
+    card: int = 2048
+    hidden_scale: int = 4
+    text_dim: int = 768
+    delays: tuple[int, ...] = (0, 1, 2, 3)
+    max_period: float = 10_000.0
+    cfg_coef: float = 3.0
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if len(self.delays) != self.n_q:
+            raise ConfigError(f"{len(self.delays)} delays given for {self.n_q} codebooks")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def max_delay(self) -> int:
+        return max(self.delays)
+
+    @property
+    def special_token(self) -> int:
+        return self.card
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["delays"] = list(self.delays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        d = dict(d)
+        d["delays"] = tuple(d.get("delays", (0, 1, 2, 3)))
+        return cls(**d)
+
+    @classmethod
+    def from_audiocraft(cls, cfg: dict) -> "LMConfig":
+        """Build from the training config stored in an audiocraft `state_dict.bin` (`xp.cfg`)."""
+        lm = cfg.get("transformer_lm")
+        if not isinstance(lm, dict):
+            raise ConfigError("xp.cfg has no 'transformer_lm' section: not a MusicGen LM checkpoint")
+        expected = {
+            "norm_first": True, "bias_ff": False, "bias_attn": False, "bias_proj": False,
+            "positional_embedding": "sin", "layer_scale": None, "activation": "gelu",
+            "norm": "layer_norm", "qk_layer_norm": False, "qk_layer_norm_cross": False,
+            "kv_repeat": 1, "past_context": None, "causal": True,
+        }
+        unsupported = [f"{k}={lm.get(k)!r} (supported: {v!r})" for k, v in expected.items()
+                       if k in lm and lm[k] != v]
+        pattern = cfg.get("codebooks_pattern", {}) or {}
+        if pattern.get("modeling", "delay") != "delay":
+            unsupported.append(f"codebooks_pattern.modeling={pattern.get('modeling')!r} (supported: 'delay')")
+        fuser = cfg.get("fuser", {}) or {}
+        if fuser.get("cross", ["description"]) != ["description"] or fuser.get("prepend") or fuser.get("sum"):
+            unsupported.append(f"fuser={fuser!r} (supported: cross=['description'] only)")
+        if fuser.get("cross_attention_pos_emb"):
+            unsupported.append("fuser.cross_attention_pos_emb=True (supported: False)")
+        if unsupported:
+            raise ConfigError("unsupported MusicGen LM settings: " + "; ".join(unsupported))
+        delays = tuple(pattern.get("delay", {}).get("delays", range(lm["n_q"])))
+        t5_name = (((cfg.get("conditioners") or {}).get("description") or {}).get("t5") or {}).get("name", "t5-base")
+        text_dims = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
+        cfg_coef = (cfg.get("classifier_free_guidance") or {}).get("inference_coef", 3.0)
+        return cls(dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
+                   n_q=int(lm["n_q"]), card=int(lm["card"]), hidden_scale=int(lm.get("hidden_scale", 4)),
+                   text_dim=text_dims.get(t5_name, 768), delays=delays, cfg_coef=float(cfg_coef))
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Sizes of the audio fusion module and the LoRA text fusion module."""
+
+    num_layers: int
+    max_frames: int = 500
+    lora_rank: int = 32
+    lora_alpha: int = 64
+    lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
+
+    def start_layer(self, lm: LMConfig) -> int:
+        if not 0 < self.num_layers <= lm.num_layers:
+            raise ConfigError(f"fusion num_layers {self.num_layers} must be in 1..{lm.num_layers} "
+                              f"(the LM has {lm.num_layers} layers)")
+        return lm.num_layers - self.num_layers
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lora_targets"] = list(self.lora_targets)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FusionConfig":
+        d = dict(d)
+        d["lora_targets"] = tuple(d.get("lora_targets", ("q_proj", "v_proj")))
+        return cls(**d)

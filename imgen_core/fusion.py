@@ -1,0 +1,74 @@
+"""The two Instruct-MusicGen fusion modules.
+
+Audio fusion: the input music's codes run as a second "condition stream" through the LM's own
+frozen layers (the last `num_layers` of them); each of those layers yields per-head prefix
+q/k/v that the main LM attends to, scaled by a learned gate.
+
+Text fusion: LoRA (peft) on the cross-attention q and v projections of every LM layer.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FusionConfig, LMConfig
+from .lm import LayerAdapter, MusicGenLM, merge_heads
+
+
+class AudioFusion(nn.Module):
+    def __init__(self, lm_cfg: LMConfig, cfg: FusionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.start_layer = cfg.start_layer(lm_cfg)
+        self.pos_emb = nn.Parameter(torch.zeros(cfg.num_layers + 1, cfg.max_frames + 1, lm_cfg.dim))
+        self.merge_linear = nn.ModuleList(nn.Linear(lm_cfg.dim, lm_cfg.dim, bias=False)
+                                          for _ in range(cfg.num_layers))
+        self.gates = nn.Parameter(torch.zeros(cfg.num_layers))
+
+    @property
+    def max_prefix(self) -> int:
+        return self.cfg.max_frames + 1
+
+    def prefixes(self, lm: MusicGenLM, cond_codes: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per-adapter (q, k, v), each [B, H, P, D], for condition codes [B, K, P] that already end
+        with the special column (P = frames + 1)."""
+        p = cond_codes.shape[-1]
+        if p > self.max_prefix:
+            raise ValueError(f"the audio condition has {p - 1} frames; at most {self.cfg.max_frames} "
+                             f"fit one window")
+        c = lm.embed_codes(cond_codes)
+        o = self.pos_emb[0, :p].expand(c.shape[0], -1, -1)
+        out = []
+        for i in range(self.cfg.num_layers):
+            layer = lm.layers[self.start_layer + i]
+            h = layer.norm1(o) + (self.merge_linear[i](c) + self.pos_emb[i + 1, :p])
+            q, k, v = layer.self_attn.project(h)
+            attn = F.scaled_dot_product_attention(q, k, v, is_causal=p > 1)
+            o = o + layer.self_attn.out_proj(merge_heads(attn))
+            o = o + layer.feed_forward(layer.norm2(o))
+            out.append((q, k, v))
+        return out
+
+    def adapters(self, prefixes, rows: torch.Tensor, repeat: int = 1) -> dict[int, LayerAdapter]:
+        """LM layer index -> the adapter that layer applies, with prefix rows `rows` for the queries.
+        `repeat` duplicates the batch (both halves of classifier-free guidance see the same audio)."""
+        result = {}
+        for i, (q, k, v) in enumerate(prefixes):
+            if repeat > 1:
+                q, k, v = (torch.cat([t] * repeat, dim=0) for t in (q, k, v))
+            result[self.start_layer + i] = LayerAdapter(q, k, v, self.gates[i], rows)
+        return result
+
+
+def lora_config(cfg: FusionConfig):
+    from peft import LoraConfig
+    targets = "|".join(cfg.lora_targets)
+    return LoraConfig(target_modules=rf".*\.cross_attention\.({targets})", r=cfg.lora_rank,
+                      lora_alpha=cfg.lora_alpha, lora_dropout=0.0)
+
+
+def add_lora(lm: MusicGenLM, cfg: FusionConfig) -> MusicGenLM:
+    """Wrap the cross-attention projections named in `cfg` with LoRA layers (B starts at zero)."""
+    from peft import inject_adapter_in_model
+    return inject_adapter_in_model(lora_config(cfg), lm)
