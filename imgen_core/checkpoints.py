@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -131,6 +132,8 @@ def read_audiocraft_lm(path) -> tuple[LMConfig, dict[str, torch.Tensor]]:
             continue
         else:
             state["lm." + key] = value
+    if "text_proj.weight" in state:  # the projection's input width is the text encoder's
+        lm_cfg = dataclasses.replace(lm_cfg, text_dim=int(state["text_proj.weight"].shape[1]))
     return lm_cfg, state
 
 
@@ -331,3 +334,41 @@ def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str,
         raise CheckpointError(f"adapter {path} has unreadable metadata: {e}") from None
     check_tensors(tensors, expected_adapter_shapes(lm_layers, lm_dim, fusion), f"adapter {path}")
     return fusion, tensors, meta
+
+
+# ---------------------------------------------------------------- writing an audiocraft base LM
+
+def audiocraft_config(cfg: LMConfig) -> dict:
+    """The parts of an audiocraft `xp.cfg` that `LMConfig.from_audiocraft` reads."""
+    t5 = {512: "t5-small", 768: "t5-base", 1024: "t5-large"}.get(cfg.text_dim, "t5-base")
+    return {
+        "transformer_lm": {"dim": cfg.dim, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
+                           "hidden_scale": cfg.hidden_scale, "n_q": cfg.n_q, "card": cfg.card,
+                           "activation": "gelu", "norm_first": True, "bias_ff": False, "bias_attn": False,
+                           "bias_proj": False, "positional_embedding": "sin", "layer_scale": None,
+                           "norm": "layer_norm", "causal": True, "cross_attention": False},
+        "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(cfg.delays)}},
+        "fuser": {"cross": ["description"], "prepend": [], "sum": [], "cross_attention_pos_emb": False},
+        "conditioners": {"description": {"model": "t5", "t5": {"name": t5}}},
+        "classifier_free_guidance": {"inference_coef": cfg.cfg_coef},
+        "sample_rate": 32000, "channels": 1,
+    }
+
+
+def write_audiocraft_lm(path, cfg: LMConfig, state: dict[str, torch.Tensor], dtype=torch.float16):
+    """Write a base LM (our names: `lm.*`, `text_proj.*`) as an audiocraft `state_dict.bin`."""
+    best = {}
+    for key, value in state.items():
+        if key.startswith("text_proj."):
+            best[TEXT_PROJ_PREFIX + key[len("text_proj."):]] = value
+        elif key.startswith("lm.") and ".cross_attention." in key and "_proj." in key and "out_proj" not in key:
+            continue  # fused back below
+        elif key.startswith("lm."):
+            best[key[3:]] = value
+    for i in range(cfg.num_layers):
+        p = f"lm.transformer.layers.{i}.cross_attention."
+        parts = [state.get(p + f"{n}.weight", state.get(p + f"{n}.base_layer.weight")) for n in ("q_proj", "k_proj", "v_proj")]
+        best[f"transformer.layers.{i}.cross_attention.in_proj_weight"] = torch.cat(parts, dim=0)
+    best = {k: v.detach().to(dtype).contiguous() for k, v in best.items()}
+    torch.save({"best_state": best, "xp.cfg": yaml.safe_dump(audiocraft_config(cfg)), "version": "1.3.0",
+                "exported": True}, path)

@@ -1,0 +1,185 @@
+"""The public API: encode audio to codes, edit codes by instruction, decode codes to audio.
+
+    editor = Editor.from_pretrained()                 # downloads once, then works offline
+    codes = editor.encode(wav, sample_rate)
+    edited = editor.edit(codes, editor.instruction("remove", "drums"), seed=0)
+    audio = editor.decode(edited)                     # [B, 1, T] at editor.sample_rate
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import instructions
+from .audio import AudioError, to_model_audio
+from .build import is_official_checkpoint, load_instruct
+from .checkpoints import convert_official
+from .codec import Codec
+from .generate import generate
+from .hub import resolve_file
+from .model import InstructMusicGen
+from .text import TextEncoder
+
+DEFAULT_BASE = "facebook/musicgen-large"
+DEFAULT_ADAPTER = "ldzhangyx/instruct-MusicGen"
+DEFAULT_T5 = "t5-base"
+DEFAULT_ENCODEC = "facebook/encodec_32khz"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("IMGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
+                                                          "instruct_musicgen")
+    return Path(root).expanduser()
+
+
+def converted_adapter(ckpt: Path, folder: Path | None = None) -> Path:
+    """The official checkpoint converted once to our safetensors adapter, cached by content
+    identity (name, size, mtime); the checkpoint itself is never modified."""
+    st = ckpt.stat()
+    key = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    folder = folder or cache_dir() / "adapters"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / f"{ckpt.stem}-{key}.safetensors"
+    if not out.exists():
+        convert_official(ckpt, out)
+    return out
+
+
+class Editor:
+    """One loaded Instruct-MusicGen with its text encoder and audio codec."""
+
+    def __init__(self, model: InstructMusicGen, text_encoder: TextEncoder, codec: Codec,
+                 dialect: str = "slakh", stems=None):
+        if model.fusion is None:
+            raise ValueError("the model has no fusion modules: load an Instruct-MusicGen adapter")
+        if codec.card != model.lm_cfg.card or codec.n_q != model.lm_cfg.n_q:
+            raise ValueError(f"codec ({codec.n_q} codebooks of {codec.card}) does not match the LM "
+                             f"({model.lm_cfg.n_q} of {model.lm_cfg.card})")
+        if text_encoder.dim != model.lm_cfg.text_dim:
+            raise ValueError(f"text encoder width {text_encoder.dim} does not match the LM's text "
+                             f"projection input {model.lm_cfg.text_dim}")
+        self.model, self.text_encoder, self.codec = model, text_encoder, codec
+        self.dialect = dialect
+        self.stems = tuple(stems or instructions.default_stems(dialect))
+
+    @classmethod
+    def from_pretrained(cls, base: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, t5: str = DEFAULT_T5,
+                        encodec: str = DEFAULT_ENCODEC, device: str = "auto", dtype: str = "auto",
+                        offline: bool | None = None) -> "Editor":
+        """Load from local paths or Hugging Face ids. `adapter` is our safetensors file, the official
+        `finetuned.ckpt` (converted once and cached), or a repo holding either."""
+        base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
+        adapter_file = _resolve_adapter(adapter, offline)
+        if is_official_checkpoint(adapter_file):
+            adapter_file = converted_adapter(adapter_file)
+        model, meta = load_instruct(base_file, adapter_file)
+        stems = json.loads(meta["stems"]) if "stems" in meta else None
+        editor = cls(model, TextEncoder.from_pretrained(t5, offline), Codec.from_pretrained(encodec, offline),
+                     dialect=meta.get("dialect", "slakh"), stems=stems)
+        return editor.to(device, dtype)
+
+    def to(self, device: str = "auto", dtype: str = "auto") -> "Editor":
+        dev = pick_device(device)
+        self.model.to(device=dev, dtype=pick_dtype(dtype, dev))
+        self.text_encoder.to(dev)
+        self.codec.model.to(dev)
+        return self
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def max_frames(self) -> int:
+        return self.model.fusion.cfg.max_frames
+
+    @property
+    def max_seconds(self) -> float:
+        return self.max_frames / self.codec.frame_rate
+
+    def instruction(self, operation: str | None = None, stem: str | None = None, text: str | None = None) -> str:
+        """The checkpoint's instruction for (operation, stem), or `text` used as is."""
+        if text:
+            return instructions.free_text(text)
+        if operation is None or stem is None:
+            raise instructions.InstructionError("give an operation and a stem, or a free-text instruction")
+        return instructions.render(operation, stem, self.dialect, self.stems)
+
+    def encode(self, wav, sample_rate: int) -> torch.Tensor:
+        """Waveform [C, T] or [B, C, T] at any rate -> codes [B, K, frames]."""
+        audio = to_model_audio(wav, sample_rate, self.sample_rate)
+        frames = self.codec.frames_for(audio.shape[-1])
+        if frames > self.max_frames:
+            raise AudioError(f"the input is {audio.shape[-1] / self.sample_rate:.2f} s long; one edit "
+                             f"window holds at most {self.max_seconds:.0f} s ({self.max_frames} frames). "
+                             f"Trim the input; it is never truncated silently.")
+        return self.codec.encode(audio)
+
+    def text_condition(self, texts: list[str], guidance: float | None) -> torch.Tensor:
+        hidden, mask = self.text_encoder(texts)
+        cond = self.model.text_condition(hidden.to(self.model.device), mask.to(self.model.device))
+        if guidance is None:
+            return cond
+        return torch.cat([cond, torch.zeros_like(cond)], dim=0)  # null text: all zeros, same length
+
+    def edit(self, codes: torch.Tensor, instruction: str | list[str], *, seed: int = 0,
+             guidance: float | None = 3.0, top_k: int = 100, temperature: float = 1.0, top_p: float = 0.0,
+             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Edited codes [B, K, frames]; one instruction for all items or one per item."""
+        if codes.dim() != 3:
+            raise ValueError(f"codes must be [batch, codebooks, frames], got {list(codes.shape)}")
+        b, _, frames = codes.shape
+        if frames > self.max_frames:
+            raise ValueError(f"codes have {frames} frames; one window holds at most {self.max_frames}")
+        texts = [instruction] * b if isinstance(instruction, str) else list(instruction)
+        if len(texts) != b:
+            raise ValueError(f"{len(texts)} instructions for a batch of {b}")
+        texts = [instructions.free_text(t) for t in texts]
+        generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
+        return generate(self.model, codes.to(self.model.device), self.text_condition(texts, guidance),
+                        cfg_coef=guidance, temperature=temperature, top_k=top_k, top_p=top_p,
+                        generator=generator, progress=progress)
+
+    def decode(self, codes: torch.Tensor, samples: int | None = None) -> torch.Tensor:
+        """Codes -> waveform [B, 1, T] at `sample_rate`, cut to `samples` when given."""
+        wav = self.codec.decode(codes)
+        return wav[..., :samples] if samples is not None else wav
+
+    def edit_audio(self, wav, sample_rate: int, instruction: str, **kwargs) -> torch.Tensor:
+        """One call: waveform at any rate -> edited mono waveform [B, 1, T] at `sample_rate`, of the
+        input's duration."""
+        samples = round(torch.as_tensor(wav).shape[-1] * self.sample_rate / sample_rate)
+        codes = self.encode(wav, sample_rate)
+        return self.decode(self.edit(codes, instruction, **kwargs), samples)
+
+
+def _resolve_adapter(spec: str, offline: bool | None) -> Path:
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        for name in ("adapter.safetensors", "finetuned.ckpt"):
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"Instruct-MusicGen adapter: no adapter.safetensors or finetuned.ckpt in {path}")
+    return resolve_file(spec, "finetuned.ckpt", "Instruct-MusicGen checkpoint", offline)

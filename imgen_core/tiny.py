@@ -1,0 +1,92 @@
+"""Tiny random components for the offline demo and the tests: every part of the real pipeline,
+at a size that runs in seconds. Random weights make noise, not music."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .checkpoints import adapter_metadata, write_audiocraft_lm, write_safetensors
+from .codec import Codec
+from .config import FusionConfig, LMConfig
+from .editor import Editor
+from .instructions import DIALECTS
+from .lm import init_lm_weights
+from .model import InstructMusicGen
+from .text import TextEncoder
+
+TINY_LM = LMConfig(dim=64, num_heads=4, num_layers=2, n_q=4, card=64, text_dim=32)
+TINY_FUSION = FusionConfig(num_layers=2)
+
+
+def tiny_model(seed: int = 0, lm_cfg: LMConfig = TINY_LM, fusion_cfg: FusionConfig = TINY_FUSION) -> InstructMusicGen:
+    """A fused model with random weights and non-zero gates and LoRA, so every part matters."""
+    g = torch.Generator().manual_seed(seed)
+    model = InstructMusicGen(lm_cfg, fusion_cfg)
+    init_lm_weights(model.lm, g)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("fusion.") or ".lora_" in name or name.startswith("text_proj."):
+                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "gates" in name else 0.1))
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+    return model.eval().requires_grad_(False)
+
+
+def tiny_text_encoder(dim: int = 32, seed: int = 0) -> TextEncoder:
+    """A T5 encoder of width `dim` with a word-level tokenizer over the instruction vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    words = {"<pad>", "</s>", "<unk>"}
+    for d in DIALECTS.values():
+        for template in d["templates"].values():
+            words.update(template.replace("{}", "").replace(".", " . ").replace(":", " : ").split())
+        for stem in d["stems"]:
+            words.update(stem.split() + stem.title().split())
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>"] + sorted(words - {"<pad>", "</s>", "<unk>"}))}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=len(vocab), d_model=dim, d_ff=2 * dim, d_kv=8, num_layers=1, num_heads=2,
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    return TextEncoder(tokenizer, T5EncoderModel(cfg))
+
+
+def tiny_codec(card: int = 64, seed: int = 0) -> Codec:
+    """An EnCodec of 32 kHz, 50 frames/s and 4 codebooks of `card` codes, with random weights."""
+    import math
+    from transformers import EncodecConfig, EncodecModel
+    torch.manual_seed(seed)
+    bandwidth = 4 * math.log2(card) * 50 / 1000  # exactly 4 codebooks
+    cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, hidden_size=16, codebook_dim=16,
+                        codebook_size=card, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[bandwidth],
+                        num_lstm_layers=1, num_residual_layers=1, normalize=False, use_causal_conv=False)
+    return Codec(EncodecModel(cfg))
+
+
+def tiny_editor(seed: int = 0) -> Editor:
+    return Editor(tiny_model(seed), tiny_text_encoder(TINY_LM.text_dim, seed), tiny_codec(TINY_LM.card, seed))
+
+
+def save_tiny(folder, seed: int = 0) -> dict[str, Path]:
+    """Write a tiny model in the real on-disk formats: base `state_dict.bin` (audiocraft), adapter
+    safetensors, a T5 folder and an EnCodec folder (transformers). Returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    editor = tiny_editor(seed)
+    model = editor.model
+    paths = {"base": folder / "musicgen" / "state_dict.bin", "adapter": folder / "adapter.safetensors",
+             "t5": folder / "t5", "encodec": folder / "encodec"}
+    paths["base"].parent.mkdir(exist_ok=True)
+    write_audiocraft_lm(paths["base"], model.lm_cfg, model.base_state_dict(), dtype=torch.float32)
+    meta = adapter_metadata(model.fusion_cfg, model.lm_cfg.num_layers, model.lm_cfg.dim, "tiny", "slakh",
+                            editor.stems, source="tiny random model")
+    write_safetensors(model.adapter_state_dict(), paths["adapter"], meta)
+    editor.text_encoder.tokenizer.save_pretrained(paths["t5"])
+    editor.text_encoder.encoder.save_pretrained(paths["t5"])
+    editor.codec.model.save_pretrained(paths["encodec"])
+    (folder / "tiny.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
+    return paths
