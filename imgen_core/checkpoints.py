@@ -70,12 +70,13 @@ def safe_load(path: str | os.PathLike, allowed_globals=(), what: str = "checkpoi
     if path.stat().st_size == 0:
         raise CheckpointError(f"{what} {path} is empty (0 bytes)")
     stubs = [(_inert(name), name) for name in allowed_globals]
-    is_zip = zipfile.is_zipfile(path)
-    if is_zip:
-        _check_zip(path, what)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{what} {path} is truncated or corrupt: it is not a PyTorch zip archive "
+                              f"(the format torch.save has written since PyTorch 1.6)")
+    _check_zip(path, what)
     try:
         with torch.serialization.safe_globals(stubs):
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as e:
         name = re.search(r"GLOBAL ([\w.]+)", str(e))
         allowed = ", ".join(allowed_globals) or "none"

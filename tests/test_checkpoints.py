@@ -1,0 +1,143 @@
+"""Safe checkpoint reading: refusals are clear, nothing runs, nothing is written."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from imgen_core.build import load_instruct
+from imgen_core.checkpoints import CheckpointError, convert_official, read_official_checkpoint, safe_load
+from imgen_core.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RunsCommand:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def test_pickle_with_unexpected_global_is_refused_before_anything_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": RunsCommand(f"touch {marker}")}, bad)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(CheckpointError, match=r"references '(posix|os)\.system'.*Nothing from the file was executed"):
+        convert_official(bad, out)
+    assert not marker.exists()
+    assert not out.exists()
+    assert main(["convert", str(bad), "-o", str(out)]) == 2
+    assert not marker.exists() and not out.exists()
+
+
+def test_builtins_eval_is_refused(tmp_path):
+    class CallsEval:
+        def __reduce__(self):
+            return (eval, ("1+1",))
+    bad = tmp_path / "eval.ckpt"
+    torch.save({"state_dict": {}, "x": CallsEval()}, bad)
+    with pytest.raises(CheckpointError, match="eval"):
+        read_official_checkpoint(bad)
+
+
+def test_truncated_checkpoint_is_refused(tmp_path):
+    src = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures")) / "instruct_musicgen_tiny"
+    if not src.is_dir():
+        pytest.skip(f"fixture {src} not found")
+    data = (src / "instruct_checkpoint.ckpt").read_bytes()
+    for name, blob in [("half.ckpt", data[: len(data) // 2]), ("noise.ckpt", os.urandom(4096)),
+                       ("empty.ckpt", b"")]:
+        bad = tmp_path / name
+        bad.write_bytes(blob)
+        out = tmp_path / (name + ".safetensors")
+        with pytest.raises(CheckpointError, match="truncated or corrupt|empty"):
+            convert_official(bad, out)
+        assert not out.exists()
+
+
+def test_corrupt_entry_inside_the_archive_is_refused(tmp_path, fixture):
+    path, _ = fixture
+    data = bytearray((path / "instruct_checkpoint.ckpt").read_bytes())
+    start = data.find(b"data.pkl") + 200
+    data[start:start + 64] = b"\xff" * 64  # garble the pickle itself
+    bad = tmp_path / "garbled.ckpt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError):
+        read_official_checkpoint(bad)
+
+
+def _official_state(path):
+    return dict(safe_load(path / "instruct_checkpoint.ckpt", __import__("imgen_core.checkpoints").checkpoints.OFFICIAL_GLOBALS)["state_dict"])
+
+
+def test_missing_and_misshaped_keys_are_named(tmp_path, fixture):
+    path, _ = fixture
+    state = _official_state(path)
+    missing = "model.cp_transformer.merge_linear.1.weight"
+    del state[missing]
+    state["model.cp_transformer.gates"] = torch.zeros(5)
+    bad = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": state}, bad)
+    with pytest.raises(CheckpointError, match="merge_linear") as e:
+        convert_official(bad, tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+    state = _official_state(path)
+    key = "model.peft_model.lm.transformer.base_model.model.layers.0.cross_attention.q_proj.lora_A.default.weight"
+    state[key] = torch.zeros(32, 7)
+    torch.save({"state_dict": state}, bad)
+    with pytest.raises(CheckpointError, match=r"mis-shaped keys: .*layers\.0\.cross_attention\.q_proj\.lora_A"):
+        read_official_checkpoint(bad)
+
+
+def test_base_with_missing_key_is_named(tmp_path, fixture):
+    path, _ = fixture
+    pkg = torch.load(path / "base_state_dict.bin", weights_only=True)
+    del pkg["best_state"]["transformer.layers.0.linear1.weight"]
+    bad = tmp_path / "state_dict.bin"
+    torch.save(pkg, bad)
+    with pytest.raises(CheckpointError, match=r"missing keys: lm\.transformer\.layers\.0\.linear1\.weight"):
+        load_instruct(bad, path / "instruct_checkpoint.ckpt")
+
+
+def test_adapter_for_another_base_is_refused(tmp_path, tiny_files):
+    src = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures")) / "instruct_musicgen_tiny_partial"
+    if not src.is_dir():
+        pytest.skip(f"fixture {src} not found")
+    with pytest.raises(CheckpointError, match="made for an LM of 2 layers"):
+        load_instruct(src / "base_state_dict.bin", tiny_files["adapter"])
+
+
+def test_convert_never_overwrites_and_keeps_the_input(tmp_path, fixture):
+    path, _ = fixture
+    src = path / "instruct_checkpoint.ckpt"
+    before = src.stat().st_mtime_ns, src.stat().st_size
+    out = tmp_path / "adapter.safetensors"
+    out.write_text("precious")
+    with pytest.raises(FileExistsError, match="already exists"):
+        convert_official(src, out)
+    assert out.read_text() == "precious"
+    convert_official(src, out, overwrite=True)
+    assert (src.stat().st_mtime_ns, src.stat().st_size) == before
+    with safe_open(str(out), framework="pt") as f:
+        meta = f.metadata()
+        keys = set(f.keys())
+    assert meta["format"] == "instruct-musicgen-adapter"
+    assert json.loads(meta["stems"]) == ["drums", "bass", "piano", "guitar"]
+    assert "fusion.pos_emb" in keys and not any("linear1" in k or "emb." in k for k in keys)
+
+
+def test_conversion_streams(tmp_path):
+    """Peak memory of a conversion stays well below twice the adapter (benchmark script, small size)."""
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "convert_memory.py"), "--adapter-mb", "96",
+                          "--extra-mb", "192", "--workdir", str(tmp_path), "--json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["peak_increase_mb"] < 1.5 * result["adapter_mb"], result
