@@ -1,0 +1,90 @@
+"""The imgen command line, end to end with tiny models."""
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+import soundfile as sf
+import torch
+
+from imgen_core.audio import write_audio
+from imgen_core.cli import main
+
+
+def test_demo_writes_a_32k_file_of_the_expected_length(tmp_path, capsys):
+    out = tmp_path / "demo.wav"
+    assert main(["demo", "-o", str(out), "--seconds", "1.5"]) == 0
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 1, 48000)
+    assert main(["demo", "-o", str(out)]) == 2  # never overwritten without asking
+    assert sf.info(str(out)).frames == 48000
+
+
+def test_demo_says_plainly_that_random_weights_give_noise(tmp_path, capsys):
+    main(["demo", "-o", str(tmp_path / "d.wav"), "--seconds", "0.5"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert "TINY RANDOM model" in err and "random weights make noise" in err
+
+
+@pytest.fixture
+def stereo_wav(tmp_path):
+    sr = 44100
+    t = torch.arange(int(2.0 * sr)) / sr
+    wav = torch.stack([0.4 * torch.sin(2 * math.pi * 220 * t), 0.4 * torch.sin(2 * math.pi * 330 * t)])
+    path = tmp_path / "in.wav"
+    write_audio(path, wav, sr)
+    return path
+
+
+def tiny_args(files):
+    return ["--base", str(files["base"]), "--adapter", str(files["adapter"]), "--t5", str(files["t5"]),
+            "--encodec", str(files["encodec"]), "--offline"]
+
+
+def test_cli_edit_with_tiny_model(tmp_path, tiny_files, stereo_wav):
+    before = stereo_wav.read_bytes()
+    out = tmp_path / "out.wav"
+    assert main(["edit", str(stereo_wav), "--op", "remove", "--stem", "drums", "-o", str(out), "--seed", "4",
+                 *tiny_args(tiny_files)]) == 0
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 1, 64000)
+    data, _ = sf.read(str(out))
+    assert math.isfinite(float(abs(data).max()))
+    assert stereo_wav.read_bytes() == before  # the input is never modified
+    out2 = tmp_path / "free.wav"
+    assert main(["edit", str(stereo_wav), "--instruction", "Music piece. Instruct: Only Bass.", "-o", str(out2),
+                 *tiny_args(tiny_files)]) == 0
+    assert sf.info(str(out2)).frames == 64000
+
+
+def test_cli_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
+    out = tmp_path / "out.wav"
+    assert main(["edit", str(stereo_wav), "--op", "add", "--stem", "vocals", "-o", str(out), *tiny_args(tiny_files)]) == 2
+    assert "valid stems: drums, bass, piano, guitar" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["edit", str(tmp_path / "missing.wav"), "--op", "add", "--stem", "bass", "-o", str(out),
+                 *tiny_args(tiny_files)]) == 2
+    assert "audio file not found" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.wav"
+    garbage.write_bytes(b"not audio at all" * 10)
+    assert main(["edit", str(garbage), "--op", "add", "--stem", "bass", "-o", str(out), *tiny_args(tiny_files)]) == 2
+    assert "cannot decode" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_missing_weights_name_the_file_and_every_place_looked(tmp_path, stereo_wav, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    out = tmp_path / "out.wav"
+    assert main(["edit", str(stereo_wav), "--op", "add", "--stem", "bass", "-o", str(out),
+                 "--base", "facebook/musicgen-large", "--offline"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "could not find state_dict.bin" in err
+    assert "local path 'facebook/musicgen-large'" in err and "Hugging Face cache" in err and "offline" in err
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("imgen")
+    cmd = [exe] if exe else [sys.executable, "-m", "imgen_core.cli"]
+    out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "edit" in out.stdout and "convert" in out.stdout and "demo" in out.stdout
