@@ -67,16 +67,18 @@ def tiny_codec(card: int = 64, seed: int = 0) -> Codec:
     return Codec(EncodecModel(cfg))
 
 
-def tiny_editor(seed: int = 0) -> Editor:
-    return Editor(tiny_model(seed), tiny_text_encoder(TINY_LM.text_dim, seed), tiny_codec(TINY_LM.card, seed))
+def tiny_editor(seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> Editor:
+    fusion = FusionConfig(num_layers=lm_cfg.num_layers)
+    return Editor(tiny_model(seed, lm_cfg, fusion), tiny_text_encoder(lm_cfg.text_dim, seed),
+                  tiny_codec(lm_cfg.card, seed))
 
 
-def save_tiny(folder, seed: int = 0) -> dict[str, Path]:
+def save_tiny(folder, seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> dict[str, Path]:
     """Write a tiny model in the real on-disk formats: base `state_dict.bin` (audiocraft), adapter
     safetensors, a T5 folder and an EnCodec folder (transformers). Returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    editor = tiny_editor(seed)
+    editor = tiny_editor(seed, lm_cfg)
     model = editor.model
     paths = {"base": folder / "musicgen" / "state_dict.bin", "adapter": folder / "adapter.safetensors",
              "t5": folder / "t5", "encodec": folder / "encodec"}

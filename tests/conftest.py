@@ -35,3 +35,11 @@ def tiny_files(tmp_path_factory):
 def tiny_editor():
     from imgen_core.tiny import tiny_editor
     return tiny_editor(seed=0)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say loudly, in one line, when the ComfyUI integration tests could not run."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_comfyui" in r.nodeid]
+    if skipped:
+        reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        terminalreporter.write_line(f"SKIPPED {len(skipped)} ComfyUI integration tests: {reason}", red=True, bold=True)

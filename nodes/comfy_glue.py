@@ -1,0 +1,93 @@
+"""What the nodes need from ComfyUI: model folders, the model manager, progress and Cancel.
+Written against ComfyUI's public module functions, which older versions also have (with fewer
+keyword arguments, hence the fallbacks)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+MODEL_EXTENSIONS = {".bin", ".ckpt", ".safetensors", ".pt", ".pth"}
+FOLDERS = ("musicgen", "instruct_musicgen")
+
+
+def inside_comfyui() -> bool:
+    return importlib.util.find_spec("folder_paths") is not None
+
+
+def register_model_folders():
+    """models/musicgen (base MusicGen, T5 and EnCodec folders) and models/instruct_musicgen
+    (adapters), added to whatever the user configured, never replacing it."""
+    import folder_paths
+    for name in FOLDERS:
+        default = os.path.join(folder_paths.models_dir, name)
+        try:
+            folder_paths.add_model_folder_path(name, default, is_default=True)
+        except TypeError:  # ComfyUI before is_default existed
+            folder_paths.add_model_folder_path(name, default)
+        paths, exts = folder_paths.folder_names_and_paths[name]
+        folder_paths.folder_names_and_paths[name] = (paths, set(exts) | MODEL_EXTENSIONS)
+
+
+def folder_paths_of(name: str) -> list[str]:
+    import folder_paths
+    return [p for p in folder_paths.get_folder_paths(name) if os.path.isdir(p)]
+
+
+def model_file(folder: str, name: str) -> str:
+    import folder_paths
+    path = folder_paths.get_full_path(folder, name)
+    if path is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} not found in the '{folder}' model folders: "
+                                f"{', '.join(folder_paths.get_folder_paths(folder))}")
+    return path
+
+
+def make_patcher(module):
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def load_to_device(patcher, memory_required: int = 0):
+    """Ask ComfyUI to make room and put every weight on the load device."""
+    import comfy.model_management as mm
+    try:
+        mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    except TypeError:  # older ComfyUI: no force_full_load
+        mm.load_models_gpu([patcher], memory_required=memory_required)
+
+
+def progress_callback():
+    """A progress(done, total) for the library: drives the node's bar and honours Cancel."""
+    import comfy.model_management as mm
+    import comfy.utils
+    bar = None
+
+    def update(done: int, total: int):
+        nonlocal bar
+        mm.throw_exception_if_processing_interrupted()
+        if bar is None:
+            bar = comfy.utils.ProgressBar(total)
+        bar.update_absolute(done, total)
+    return update
+
+
+def input_directory() -> str:
+    import folder_paths
+    return folder_paths.get_input_directory()
+
+
+def annotated_path(name: str) -> str:
+    import folder_paths
+    return folder_paths.get_annotated_filepath(name)
+
+
+def output_directory() -> str:
+    import folder_paths
+    return folder_paths.get_output_directory()
+
+
+def save_path(prefix: str):
+    import folder_paths
+    return folder_paths.get_save_image_path(prefix, output_directory())

