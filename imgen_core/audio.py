@@ -6,6 +6,7 @@ All conversion happens here: channels are averaged to mono, the rate is changed 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,20 +46,34 @@ def as_float(wav) -> torch.Tensor:
     return t.float()
 
 
+MIN_RATE, MAX_RATE = 4_000, 768_000
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the input was, so the output can be given back in the same form."""
+
+    sample_rate: int
+    channels: int
+    samples: int
+
+
 def check_audio(wav: torch.Tensor, sample_rate: int, what: str = "input audio"):
     """Refuse audio with nothing to edit: empty, silent, NaN or infinite, or a bad rate."""
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise AudioError(f"{what}: sample rate must be a positive integer, got {sample_rate!r}")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) \
+            or not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise AudioError(f"{what}: sample rate must be an integer from {MIN_RATE} to {MAX_RATE} Hz, "
+                         f"got {sample_rate!r}")
     if wav.numel() == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{what} is empty (0 samples)")
     if not torch.isfinite(wav).all():
         raise AudioError(f"{what} contains NaN or infinite samples")
-    if wav.abs().max() < SILENCE_PEAK:
+    if (wav - wav.mean()).abs().max() < SILENCE_PEAK:
         raise AudioError(f"{what} is silent (peak below -80 dBFS); there is nothing to edit")
 
 
 def resample(wav: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
-    """[..., T] at sr_in -> [..., T'] at sr_out (soxr, high quality)."""
+    """[..., T] at sr_in -> [..., T'] at sr_out (soxr, high quality), T' = round(T * sr_out / sr_in)."""
     if sr_in == sr_out:
         return wav
     import soxr
@@ -68,8 +83,8 @@ def resample(wav: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
     return out.reshape(*wav.shape[:-1], out.shape[-1])
 
 
-def to_model_audio(wav, sample_rate: int, target_rate: int = 32000) -> torch.Tensor:
-    """Waveform [C, T] or [B, C, T] at any rate -> checked mono [B, 1, T'] at `target_rate`."""
+def as_batch(wav) -> torch.Tensor:
+    """[T], [C, T] or [B, C, T], any numeric type -> float32 [B, C, T]."""
     wav = as_float(wav)
     if wav.dim() == 1:
         wav = wav[None]
@@ -80,9 +95,47 @@ def to_model_audio(wav, sample_rate: int, target_rate: int = 32000) -> torch.Ten
                          f"got {list(wav.shape)}")
     if wav.shape[1] == 0:
         raise AudioError("audio has 0 channels")
+    return wav
+
+
+def to_model_audio(wav, sample_rate: int, target_rate: int = 32000) -> tuple[torch.Tensor, SourceInfo]:
+    """Any input -> checked mono [B, 1, T'] at `target_rate`, and what the input was.
+
+    The one place where input is converted: channels are averaged, the DC offset removed, a
+    float signal beyond +-1 scaled down to peak 1 (as in training), the rate changed with soxr."""
+    wav = as_batch(wav)
     for i in range(wav.shape[0]):
         check_audio(wav[i], sample_rate, "input audio" if wav.shape[0] == 1 else f"input audio #{i}")
-    return resample(wav.mean(dim=1, keepdim=True), int(sample_rate), target_rate)
+    info = SourceInfo(int(sample_rate), wav.shape[1], wav.shape[-1])
+    mono = wav.mean(dim=1, keepdim=True)
+    mono = mono - mono.mean(dim=-1, keepdim=True)
+    peak = mono.abs().amax(dim=-1, keepdim=True)
+    mono = torch.where(peak > 1, mono / peak, mono)
+    return resample(mono, int(sample_rate), target_rate), info
+
+
+def from_model_audio(wav: torch.Tensor, model_rate: int, source: SourceInfo | None, rate="model",
+                     channels="mono") -> tuple[torch.Tensor, int]:
+    """The model's mono [B, 1, T] -> the output form: `rate` is "model" (32 kHz), "input" or a
+    number of Hz; `channels` is "mono" or "input" (the mono result copied to every input channel).
+    With `source`, the length is exactly the input's duration at the chosen rate."""
+    if rate == "model":
+        out_rate = model_rate
+    elif rate == "input":
+        out_rate = source.sample_rate if source else model_rate
+    else:
+        out_rate = int(rate)
+        if not MIN_RATE <= out_rate <= MAX_RATE:
+            raise AudioError(f"output rate must be 'model', 'input' or {MIN_RATE}..{MAX_RATE} Hz, got {rate!r}")
+    if channels not in ("mono", "input"):
+        raise AudioError(f"output channels must be 'mono' or 'input', got {channels!r}")
+    out = resample(wav, model_rate, out_rate)
+    if source is not None:
+        n = round(source.samples * out_rate / source.sample_rate)
+        out = torch.nn.functional.pad(out, (0, max(0, n - out.shape[-1])))[..., :n]
+    if channels == "input" and source is not None and source.channels > 1:
+        out = out.expand(-1, source.channels, -1).contiguous()
+    return out, out_rate
 
 
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False):

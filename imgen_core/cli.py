@@ -34,6 +34,10 @@ def _add_generation_args(p: argparse.ArgumentParser):
     p.add_argument("--top-k", type=int, default=100, help="sample among the k most likely tokens (default 100)")
     p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold; 0 disables (default)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)")
+    p.add_argument("--window", type=float, default=5.0, help="seconds per edit window, at most 10 (default 5, "
+                   "the length the released model was trained on)")
+    p.add_argument("--overlap", type=float, default=2.0, help="seconds each window re-reads from the previous "
+                   "one, so the song continues across windows (default 2)")
 
 
 def cmd_edit(args) -> int:
@@ -50,10 +54,13 @@ def cmd_edit(args) -> int:
     text = editor.instruction(args.op, args.stem, args.instruction)
     print(f"instruction: {text!r}", file=sys.stderr)
     start = time.perf_counter()
-    result = editor.edit_audio(wav, sr, text, seed=args.seed, guidance=args.guidance, top_k=args.top_k,
-                               top_p=args.top_p, temperature=args.temperature, progress=_progress_bar("editing"))
-    write_audio(out, result[0], editor.sample_rate, overwrite=args.overwrite)
-    print(f"wrote {out} ({result.shape[-1] / editor.sample_rate:.2f} s, {editor.sample_rate} Hz mono) "
+    rate = args.rate if args.rate in ("model", "input") else int(args.rate)
+    result, out_rate = editor.edit_audio(wav, sr, text, rate=rate, channels=args.channels, seed=args.seed,
+                                         guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
+                                         temperature=args.temperature, window_seconds=args.window,
+                                         overlap_seconds=args.overlap, progress=_progress_bar("editing"))
+    write_audio(out, result[0], out_rate, overwrite=args.overwrite)
+    print(f"wrote {out} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
 
@@ -87,10 +94,10 @@ def cmd_demo(args) -> int:
     beat = (torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * (torch.sin(2 * math.pi * 2 * t) > 0.95)
     clip = torch.stack([0.5 * chord + 0.3 * beat, 0.5 * chord - 0.3 * beat])  # stereo, 44.1 kHz
     text = editor.instruction("remove", "drums")
-    result = editor.edit_audio(clip, sr, text, seed=args.seed, progress=_progress_bar("editing"))
-    write_audio(out, result[0], editor.sample_rate, overwrite=args.overwrite)
+    result, rate = editor.edit_audio(clip, sr, text, channels="mono", seed=args.seed, progress=_progress_bar("editing"))
+    write_audio(out, result[0], rate, overwrite=args.overwrite)
     print(f"ok: edited a {seconds:.1f} s synthesized stereo 44.1 kHz clip with {text!r}; wrote {out} "
-          f"({result.shape[-1] / editor.sample_rate:.2f} s, {editor.sample_rate} Hz mono)", file=sys.stderr)
+          f"({result.shape[-1] / rate:.2f} s, {rate} Hz mono)", file=sys.stderr)
     return 0
 
 
@@ -101,9 +108,12 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("edit", help="edit an audio file", epilog=EPILOG,
-                       description="Edit one clip of at most 10 s: add, remove or extract a stem.")
+                       description="Edit a song of any length: add, remove or extract a stem.")
     e.add_argument("input", help="input audio file (wav, flac, ogg, ...; any rate and channel count)")
-    e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg), 32 kHz mono")
+    e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg)")
+    e.add_argument("--rate", default="model", help="output sample rate: model (32000, default), input, or Hz")
+    e.add_argument("--channels", default="input", choices=["input", "mono"],
+                   help="input: the mono result on each of the input's channels (default); mono: one channel")
     e.add_argument("--op", choices=instructions.OPERATIONS, help="edit operation")
     e.add_argument("--stem", help="stem to act on (e.g. drums, bass, piano, guitar for the Slakh checkpoint)")
     e.add_argument("--instruction", help="free-text instruction instead of --op/--stem (advanced)")

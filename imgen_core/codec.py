@@ -32,17 +32,51 @@ class Codec:
         return math.ceil(samples / self.hop)
 
     @torch.no_grad()
-    def encode(self, wav: torch.Tensor) -> torch.Tensor:
-        """Waveform [B, 1, T] at `sample_rate` -> codes [B, K, ceil(T / hop)] (int64)."""
-        if wav.dim() != 3 or wav.shape[1] != 1:
-            raise ValueError(f"EnCodec takes mono audio [batch, 1, samples], got {list(wav.shape)}")
+    def _encode(self, wav: torch.Tensor) -> torch.Tensor:
         p = next(self.model.parameters())
         out = self.model.encode(wav.to(device=p.device, dtype=p.dtype), bandwidth=self.bandwidth)
-        codes = out.audio_codes  # [chunks=1, B, K, F]
-        return codes[0].long()
+        return out.audio_codes[0].long()  # [chunks=1, B, K, F] -> [B, K, F]
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes [B, K, F] -> waveform [B, 1, F * hop] (fp32) at `sample_rate`."""
-        out = self.model.decode(codes[None].to(self.device), [None])
-        return out.audio_values.float()
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(codes[None].to(self.device), [None]).audio_values.float()
+
+    def encode(self, wav: torch.Tensor, chunk_frames: int = 500, margin_frames: int = 50) -> torch.Tensor:
+        """Waveform [B, 1, T] at `sample_rate` -> codes [B, K, ceil(T / hop)] (int64), on CPU.
+
+        Long audio is encoded in chunks with `margin_frames` of context on each side, of which
+        only the centre is kept, so memory does not grow with the length."""
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"EnCodec takes mono audio [batch, 1, samples], got {list(wav.shape)}")
+        total = self.frames_for(wav.shape[-1])
+        if wav.shape[-1] < total * self.hop:  # whole frames only: pad the tail with silence
+            wav = torch.nn.functional.pad(wav, (0, total * self.hop - wav.shape[-1]))
+        out = []
+        for first in range(0, total, chunk_frames):
+            last = min(first + chunk_frames, total)
+            lo, hi = max(0, first - margin_frames), min(total, last + margin_frames)
+            codes = self._encode(wav[..., lo * self.hop:hi * self.hop])
+            out.append(codes[..., first - lo:first - lo + last - first].cpu())
+        return torch.cat(out, dim=-1)
+
+    def decode(self, codes: torch.Tensor, chunk_frames: int = 500, overlap_frames: int = 25) -> torch.Tensor:
+        """Codes [B, K, F] -> waveform [B, 1, F * hop] (fp32, CPU) at `sample_rate`.
+
+        Long code sequences are decoded in chunks that overlap by `overlap_frames`, joined with a
+        linear cross-fade over the overlap."""
+        b, _, total = codes.shape
+        out = torch.zeros(b, 1, total * self.hop)
+        fade = overlap_frames * self.hop
+        for first in range(0, total, chunk_frames):
+            last = min(first + chunk_frames, total)
+            lo = max(0, first - overlap_frames)
+            wav = self._decode(codes[..., lo:last]).cpu()[..., :(last - lo) * self.hop]
+            if lo == first:
+                out[..., first * self.hop:last * self.hop] = wav
+                continue
+            ramp = torch.linspace(0.0, 1.0, fade + 2)[1:-1]
+            head, body = wav[..., :fade], wav[..., fade:]
+            region = out[..., lo * self.hop:first * self.hop]
+            out[..., lo * self.hop:first * self.hop] = region * (1 - ramp) + head * ramp
+            out[..., first * self.hop:last * self.hop] = body
+        return out

@@ -1,7 +1,7 @@
 """The public API: encode audio to codes, edit codes by instruction, decode codes to audio.
 
     editor = Editor.from_pretrained()                 # downloads once, then works offline
-    codes = editor.encode(wav, sample_rate)
+    codes = editor.encode(wav, sample_rate)           # any rate, channels, length
     edited = editor.edit(codes, editor.instruction("remove", "drums"), seed=0)
     audio = editor.decode(edited)                     # [B, 1, T] at editor.sample_rate
 """
@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from . import instructions
-from .audio import AudioError, to_model_audio
+from .audio import SourceInfo, from_model_audio, to_model_audio
 from .build import is_official_checkpoint, load_instruct
 from .checkpoints import convert_official
 from .codec import Codec
@@ -24,11 +24,15 @@ from .generate import generate
 from .hub import resolve_file
 from .model import InstructMusicGen
 from .text import TextEncoder
+from .windows import edit_windowed
 
 DEFAULT_BASE = "facebook/musicgen-large"
 DEFAULT_ADAPTER = "ldzhangyx/instruct-MusicGen"
 DEFAULT_T5 = "t5-base"
 DEFAULT_ENCODEC = "facebook/encodec_32khz"
+# The released model was trained on 5 s crops: its position embeddings beyond 5 s are untrained.
+DEFAULT_WINDOW_SECONDS = 5.0
+DEFAULT_OVERLAP_SECONDS = 2.0
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -113,10 +117,6 @@ class Editor:
     def max_frames(self) -> int:
         return self.model.fusion.cfg.max_frames
 
-    @property
-    def max_seconds(self) -> float:
-        return self.max_frames / self.codec.frame_rate
-
     def instruction(self, operation: str | None = None, stem: str | None = None, text: str | None = None) -> str:
         """The checkpoint's instruction for (operation, stem), or `text` used as is."""
         if text:
@@ -125,15 +125,14 @@ class Editor:
             raise instructions.InstructionError("give an operation and a stem, or a free-text instruction")
         return instructions.render(operation, stem, self.dialect, self.stems)
 
+    def encode_source(self, wav, sample_rate: int) -> tuple[torch.Tensor, SourceInfo]:
+        """Waveform [T], [C, T] or [B, C, T] at any rate, of any length -> codes [B, K, frames]
+        and what the input was (rate, channels, length) for `decode_to`."""
+        audio, source = to_model_audio(wav, sample_rate, self.sample_rate)
+        return self.codec.encode(audio), source
+
     def encode(self, wav, sample_rate: int) -> torch.Tensor:
-        """Waveform [C, T] or [B, C, T] at any rate -> codes [B, K, frames]."""
-        audio = to_model_audio(wav, sample_rate, self.sample_rate)
-        frames = self.codec.frames_for(audio.shape[-1])
-        if frames > self.max_frames:
-            raise AudioError(f"the input is {audio.shape[-1] / self.sample_rate:.2f} s long; one edit "
-                             f"window holds at most {self.max_seconds:.0f} s ({self.max_frames} frames). "
-                             f"Trim the input; it is never truncated silently.")
-        return self.codec.encode(audio)
+        return self.encode_source(wav, sample_rate)[0]
 
     def text_condition(self, texts: list[str], guidance: float | None) -> torch.Tensor:
         hidden, mask = self.text_encoder(texts)
@@ -142,35 +141,54 @@ class Editor:
             return cond
         return torch.cat([cond, torch.zeros_like(cond)], dim=0)  # null text: all zeros, same length
 
+    def window_frames(self, window_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+        rate = self.codec.frame_rate
+        window = round(window_seconds * rate)
+        overlap = round(overlap_seconds * rate)
+        if not 2 <= window <= self.max_frames:
+            raise ValueError(f"window must be from {2 / rate:.2f} to {self.max_frames / rate:.0f} s, got {window_seconds}")
+        if not 0 < overlap < window:
+            raise ValueError(f"overlap must be more than 0 and less than the window ({window_seconds} s), "
+                             f"got {overlap_seconds}")
+        return window, overlap
+
     def edit(self, codes: torch.Tensor, instruction: str | list[str], *, seed: int = 0,
              guidance: float | None = 3.0, top_k: int = 100, temperature: float = 1.0, top_p: float = 0.0,
-             progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Edited codes [B, K, frames]; one instruction for all items or one per item."""
-        if codes.dim() != 3:
-            raise ValueError(f"codes must be [batch, codebooks, frames], got {list(codes.shape)}")
-        b, _, frames = codes.shape
-        if frames > self.max_frames:
-            raise ValueError(f"codes have {frames} frames; one window holds at most {self.max_frames}")
+             window_seconds: float = DEFAULT_WINDOW_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+             progress: Callable[[int, int], None] | None = None, on_window=None) -> torch.Tensor:
+        """Edited codes [B, K, frames], any length, window by window (see windows.py); one
+        instruction for all items or one per item."""
+        if codes.dim() != 3 or codes.shape[-1] == 0:
+            raise ValueError(f"codes must be [batch, codebooks, frames] with frames > 0, got {list(codes.shape)}")
+        b = codes.shape[0]
         texts = [instruction] * b if isinstance(instruction, str) else list(instruction)
         if len(texts) != b:
             raise ValueError(f"{len(texts)} instructions for a batch of {b}")
         texts = [instructions.free_text(t) for t in texts]
+        window, overlap = self.window_frames(window_seconds, overlap_seconds)
         generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
-        return generate(self.model, codes.to(self.model.device), self.text_condition(texts, guidance),
-                        cfg_coef=guidance, temperature=temperature, top_k=top_k, top_p=top_p,
-                        generator=generator, progress=progress)
+        edited = edit_windowed(self.model, codes.to(self.model.device), self.text_condition(texts, guidance),
+                               window=window, overlap=overlap, progress=progress, on_window=on_window,
+                               cfg_coef=guidance, temperature=temperature, top_k=top_k, top_p=top_p,
+                               generator=generator)
+        return edited.cpu()
 
     def decode(self, codes: torch.Tensor, samples: int | None = None) -> torch.Tensor:
-        """Codes -> waveform [B, 1, T] at `sample_rate`, cut to `samples` when given."""
+        """Codes -> mono waveform [B, 1, T] at `sample_rate` (32 kHz), cut to `samples` when given."""
         wav = self.codec.decode(codes)
         return wav[..., :samples] if samples is not None else wav
 
-    def edit_audio(self, wav, sample_rate: int, instruction: str, **kwargs) -> torch.Tensor:
-        """One call: waveform at any rate -> edited mono waveform [B, 1, T] at `sample_rate`, of the
-        input's duration."""
-        samples = round(torch.as_tensor(wav).shape[-1] * self.sample_rate / sample_rate)
-        codes = self.encode(wav, sample_rate)
-        return self.decode(self.edit(codes, instruction, **kwargs), samples)
+    def decode_to(self, codes: torch.Tensor, source: SourceInfo | None, rate="model",
+                  channels="input") -> tuple[torch.Tensor, int]:
+        """Codes -> (waveform [B, C, T], its rate), with the input's duration. `rate`: "model"
+        (32 kHz), "input" or Hz; `channels`: "input" (the mono result on every input channel) or "mono"."""
+        return from_model_audio(self.decode(codes), self.sample_rate, source, rate, channels)
+
+    def edit_audio(self, wav, sample_rate: int, instruction: str, rate="model", channels="input",
+                   **kwargs) -> tuple[torch.Tensor, int]:
+        """One call: waveform at any rate and length -> (edited waveform [B, C, T], its rate)."""
+        codes, source = self.encode_source(wav, sample_rate)
+        return self.decode_to(self.edit(codes, instruction, **kwargs), source, rate, channels)
 
 
 def _resolve_adapter(spec: str, offline: bool | None) -> Path:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from ..imgen_core.audio import SourceInfo
+from ..imgen_core.editor import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
 from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS
 from . import comfy_glue
 from .loader import CATEGORY, MODEL_TYPE
@@ -11,14 +13,16 @@ CODES_TYPE = "IMGEN_CODES"
 ALL_STEMS = list(dict.fromkeys(list(SLAKH_ALL_STEMS) + [s for d in DIALECTS.values() for s in d["stems"]]))
 
 
-def codes_value(codes: torch.Tensor, sample_rate: int, frame_rate: float, samples: int) -> dict:
-    """What travels between the nodes: the codes and what decoding needs."""
-    return {"codes": codes.detach().cpu(), "sample_rate": sample_rate, "frame_rate": frame_rate, "samples": samples}
+def codes_value(codes: torch.Tensor, sample_rate: int, frame_rate: float, source: SourceInfo) -> dict:
+    """What travels between the nodes: the codes and what decoding needs (the model's rates, the
+    length and form of the original input)."""
+    return {"codes": codes.detach().cpu(), "sample_rate": sample_rate, "frame_rate": frame_rate,
+            "samples": round(source.samples * sample_rate / source.sample_rate), "source": source}
 
 
 class InstructMusicGenEncode:
-    DESCRIPTION = ("Encodes audio to EnCodec tokens. Any sample rate, channel count and batch; converted to "
-                   "32 kHz mono. One edit covers at most 10 s.")
+    DESCRIPTION = ("Encodes audio to EnCodec tokens. Any sample rate, channel count, batch and length; "
+                   "converted to 32 kHz mono (channels averaged, DC offset removed).")
     CATEGORY = CATEGORY
     RETURN_TYPES = (CODES_TYPE,)
     RETURN_NAMES = ("codes",)
@@ -34,10 +38,8 @@ class InstructMusicGenEncode:
 
     def encode(self, model, audio):
         editor = model.ready()
-        waveform, sr = audio["waveform"], int(audio["sample_rate"])
-        codes = editor.encode(waveform, sr)
-        samples = round(waveform.shape[-1] * editor.sample_rate / sr)
-        return (codes_value(codes, editor.sample_rate, editor.codec.frame_rate, samples),)
+        codes, source = editor.encode_source(audio["waveform"], int(audio["sample_rate"]))
+        return (codes_value(codes, editor.sample_rate, editor.codec.frame_rate, source),)
 
 
 class InstructMusicGenEdit:
@@ -66,21 +68,30 @@ class InstructMusicGenEdit:
                               "tokens; 0 disables, 1 is greedy."}),
             "temperature": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                       "tooltip": "Sampling temperature; 0 is greedy."}),
+            "window_seconds": ("FLOAT", {"default": DEFAULT_WINDOW_SECONDS, "min": 1.0, "max": 10.0, "step": 0.5,
+                                         "tooltip": "Songs are edited window by window; 5 s is what the released "
+                                                    "model was trained on."}),
+            "overlap_seconds": ("FLOAT", {"default": DEFAULT_OVERLAP_SECONDS, "min": 0.1, "max": 9.0, "step": 0.1,
+                                          "tooltip": "How much of the previous window each window re-reads, so "
+                                                     "the music continues without seams."}),
         }, "optional": {
             "instruction": ("STRING", {"default": "", "multiline": True, "tooltip": "Advanced: a free-text "
                                        "instruction used instead of operation and stem when not empty."}),
         }}
 
-    def edit(self, model, codes, operation, stem, seed, guidance, top_k, temperature, instruction=""):
+    def edit(self, model, codes, operation, stem, seed, guidance, top_k, temperature, window_seconds,
+             overlap_seconds, instruction=""):
         editor = model.ready()
         text = editor.instruction(operation, stem, instruction.strip() or None)
         edited = editor.edit(codes["codes"], text, seed=seed, guidance=guidance, top_k=top_k,
-                             temperature=temperature, progress=comfy_glue.progress_callback())
+                             temperature=temperature, window_seconds=window_seconds,
+                             overlap_seconds=overlap_seconds, progress=comfy_glue.progress_callback())
         return ({**codes, "codes": edited.cpu()},)
 
 
 class InstructMusicGenDecode:
-    DESCRIPTION = "Decodes tokens to audio (32 kHz mono, the input's duration) for Preview Audio or Save Audio."
+    DESCRIPTION = ("Decodes tokens to audio of the input's duration, for Preview Audio or Save Audio: 32 kHz or "
+                   "the input's rate; the mono result on every input channel, or mono.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("AUDIO",)
     OUTPUT_TOOLTIPS = ("32 kHz mono audio.",)
@@ -91,9 +102,14 @@ class InstructMusicGenDecode:
         return {"required": {
             "model": (MODEL_TYPE, {"tooltip": "From the Instruct-MusicGen loader."}),
             "codes": (CODES_TYPE, {"tooltip": "Tokens from Encode or Instruct Edit."}),
+            "sample_rate": (["32000 (model)", "input"], {"default": "32000 (model)",
+                            "tooltip": "The model's 32 kHz, or resampled back to the input's rate."}),
+            "channels": (["input", "mono"], {"default": "input", "tooltip": "input: the mono result on each of "
+                         "the input's channels; mono: one channel."}),
         }}
 
-    def decode(self, model, codes):
+    def decode(self, model, codes, sample_rate="32000 (model)", channels="input"):
         editor = model.ready()
-        wav = editor.decode(codes["codes"], codes.get("samples"))
-        return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": editor.sample_rate},)
+        rate = "input" if sample_rate == "input" else "model"
+        wav, out_rate = editor.decode_to(codes["codes"], codes.get("source"), rate, channels)
+        return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": out_rate},)

@@ -56,7 +56,7 @@ def server(tmp_path_factory):
     write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
     for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
         write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
-    write_audio(srv.input_dir / "long.wav", _tone(10.0, 32000, 1, 440.0), 32000)
+    write_audio(srv.input_dir / "long.wav", _tone(12.0, 44100, 2, 440.0), 44100)
     (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
     srv.start()
     print(f"\nComfyUI integration tests run against: {description}")
@@ -135,6 +135,20 @@ def test_second_workflow_reuses_the_loaded_model(server, object_info):
     loads = [line for line in server.log_text().splitlines()
              if "[Instruct-MusicGen] loading weights" in line and "tiny.safetensors" in line]
     assert len(loads) == 1, loads
+
+
+def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "replace_stem.json", object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoadAudio":
+            node["inputs"]["audio"] = "long.wav"
+        if node["class_type"] == "InstructMusicGenDecode":
+            node["inputs"]["sample_rate"] = "input"
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "success", _error_message(history)
+    [path] = _outputs(server, history)
+    data, sr = sf.read(str(path), always_2d=True)
+    assert (sr, data.shape) == (44100, (12 * 44100, 2))
 
 
 def test_model_comes_back_after_comfyui_frees_memory(server, object_info):
