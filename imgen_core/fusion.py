@@ -50,15 +50,11 @@ class AudioFusion(nn.Module):
             out.append((q, k, v))
         return out
 
-    def adapters(self, prefixes, rows: torch.Tensor, repeat: int = 1) -> dict[int, LayerAdapter]:
+    def adapters(self, prefixes, rows: torch.Tensor) -> dict[int, LayerAdapter]:
         """LM layer index -> the adapter that layer applies, with prefix rows `rows` for the queries.
-        `repeat` duplicates the batch (both halves of classifier-free guidance see the same audio)."""
-        result = {}
-        for i, (q, k, v) in enumerate(prefixes):
-            if repeat > 1:
-                q, k, v = (torch.cat([t] * repeat, dim=0) for t in (q, k, v))
-            result[self.start_layer + i] = LayerAdapter(q, k, v, self.gates[i], rows)
-        return result
+        The prefixes stay at the items' batch size; guidance rows share them."""
+        return {self.start_layer + i: LayerAdapter(q, k, v, self.gates[i], rows)
+                for i, (q, k, v) in enumerate(prefixes)}
 
 
 def lora_config(cfg: FusionConfig):

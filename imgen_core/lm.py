@@ -42,8 +42,10 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 class LayerAdapter:
     """What the audio fusion module injects into one LM layer's self-attention.
 
-    `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D]; `rows` picks, for
-    every query position, which row of `q` is added to the LM's own query.
+    `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D], kept once per
+    item: the rows of classifier-free guidance (2B queries) share them. `rows` picks, for every
+    query position, which row of `q` is added to the LM's own query; `key_mask` [P] (optional)
+    hides padding when the prefix sits in a larger preallocated buffer.
     """
 
     q: torch.Tensor
@@ -51,10 +53,19 @@ class LayerAdapter:
     v: torch.Tensor
     gate: torch.Tensor
     rows: torch.Tensor
+    key_mask: torch.Tensor | None = None
 
     def attend(self, query: torch.Tensor) -> torch.Tensor:
-        prefix_q = self.q.index_select(2, self.rows)
-        return self.gate * F.scaled_dot_product_attention(prefix_q + query, self.k, self.v)
+        b, h, p, d = self.k.shape
+        r, _, s, _ = query.shape
+        n = r // b  # query rows per item (2 under guidance)
+        prefix_q = self.q.index_select(2, self.rows)  # [B, H, S, D]
+        # fold the n rows of an item into its query axis: one attention over the shared prefix
+        folded = query.view(n, b, h, s, d).permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
+        folded = folded + prefix_q.repeat(1, 1, n, 1)
+        out = F.scaled_dot_product_attention(folded, self.k, self.v, attn_mask=self.key_mask)
+        out = out.view(b, h, n, s, d).permute(2, 0, 1, 3, 4).reshape(r, h, s, d)
+        return self.gate * out
 
 
 class KVCache(nn.Module):
@@ -86,17 +97,22 @@ class SelfAttention(nn.Module):
         return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None,
-                adapter: LayerAdapter | None = None) -> torch.Tensor:
+                adapter: LayerAdapter | None = None, kv_len: int | None = None) -> torch.Tensor:
+        """With a KV cache, `kv_len` (a Python int: no device sync) is how many cached steps the
+        queries see; without it the whole cache is used under a mask computed on the device
+        (static shapes, for CUDA graphs)."""
         q, k, v = self.project(x)
         if self.kv_cache is None or input_pos is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
         else:
             k_all, v_all = self.kv_cache.update(input_pos, k, v)
-            end = int(input_pos[-1]) + 1
-            k_all, v_all = k_all[:, :, :end], v_all[:, :, :end]
             mask = None
-            if q.shape[2] > 1:
-                mask = torch.arange(end, device=x.device)[None, :] <= input_pos[:, None]
+            if kv_len is not None:
+                k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
+                if q.shape[2] > 1:
+                    mask = torch.arange(kv_len, device=x.device)[None, :] <= input_pos[:, None]
+            else:
+                mask = torch.arange(k_all.shape[2], device=x.device)[None, :] <= input_pos[:, None]
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         if adapter is not None:
             out = out + adapter.attend(q)
@@ -138,8 +154,8 @@ class TransformerLayer(nn.Module):
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear2(F.gelu(self.linear1(x)))
 
-    def forward(self, x, input_pos, cross_kv, adapter=None):
-        x = x + self.self_attn(self.norm1(x), input_pos, adapter)
+    def forward(self, x, input_pos, cross_kv, adapter=None, kv_len=None):
+        x = x + self.self_attn(self.norm1(x), input_pos, adapter, kv_len)
         x = x + self.cross_attention(self.norm_cross(x), cross_kv)
         return x + self.feed_forward(self.norm2(x))
 
@@ -185,7 +201,7 @@ class MusicGenLM(nn.Module):
         return [layer.cross_attention.keys_values(cross_src) for layer in self.layers]
 
     def forward(self, codes: torch.Tensor, cross_kv: list, input_pos: torch.Tensor | None = None,
-                adapters: dict[int, LayerAdapter] | None = None) -> torch.Tensor:
+                adapters: dict[int, LayerAdapter] | None = None, kv_len: int | None = None) -> torch.Tensor:
         b, k, s = codes.shape
         if input_pos is None:
             input_pos = torch.arange(s, device=codes.device)
@@ -193,7 +209,7 @@ class MusicGenLM(nn.Module):
         x = x + sin_embedding(input_pos, self.cfg.dim, self.cfg.max_period, x.dtype)
         adapters = adapters or {}
         for i, layer in enumerate(self.layers):
-            x = layer(x, input_pos, cross_kv[i], adapters.get(i))
+            x = layer(x, input_pos, cross_kv[i], adapters.get(i), kv_len)
         x = self.out_norm(x)
         return torch.stack([lin(x) for lin in self.linears], dim=1)
 

@@ -76,6 +76,20 @@ class InstructMusicGen(nn.Module):
         _, seq_logits = self.sequence_logits(target_codes, cond_codes, text_cond)
         return pattern.revert_logits(seq_logits, self.lm_cfg.delays, target_codes.shape[-1])
 
+    def merge_lora(self) -> "InstructMusicGen":
+        """Fold the LoRA weights into the cross-attention projections for inference (one matrix
+        product per projection instead of three). Training needs them apart: `unmerge_lora`."""
+        for module in self.lm.modules():
+            if hasattr(module, "merge") and hasattr(module, "lora_A") and not getattr(module, "merged", False):
+                module.merge()
+        return self
+
+    def unmerge_lora(self) -> "InstructMusicGen":
+        for module in self.lm.modules():
+            if hasattr(module, "unmerge") and hasattr(module, "lora_A") and getattr(module, "merged", False):
+                module.unmerge()
+        return self
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything an adapter file holds: fusion parameters, LoRA, cross-attention q/k/v bases."""
         keep = ("fusion.", ".cross_attention.q_proj.", ".cross_attention.k_proj.", ".cross_attention.v_proj.")

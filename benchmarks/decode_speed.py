@@ -1,0 +1,228 @@
+"""Decoding speed: our engine against transformers' MusicGen and audiocraft's LM, in one run.
+
+    python benchmarks/decode_speed.py                         # CPU, 2 threads: tiny and small size
+    python benchmarks/decode_speed.py --device cuda           # GPU: tiny, small and large size
+
+Every engine decodes `--steps` steps (default 250, 5 s of audio) with classifier-free guidance
+(batch 2), top-k sampling, random weights, the same sizes. Printed per engine: ms per step and the
+real-time factor (seconds of audio per second of decoding); and the floor: the bytes of weight
+one step must read over the measured memory bandwidth. A table on stdout and a JSON file.
+audiocraft cannot be a dependency (it pins old torch); it is measured when importable.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imgen_core.config import FusionConfig, LMConfig  # noqa: E402
+from imgen_core.generate import generate  # noqa: E402
+from imgen_core.model import InstructMusicGen  # noqa: E402
+
+SIZES = {
+    "tiny": LMConfig(dim=64, num_heads=4, num_layers=2, card=2048),
+    "small": LMConfig(dim=1024, num_heads=16, num_layers=24, card=2048),
+    "large": LMConfig(dim=2048, num_heads=32, num_layers=48, card=2048),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FRAME_RATE = 50
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_bytes(cfg: LMConfig, dtype) -> int:
+    """Weights one decoding step reads: per layer self-attention in/out, cross-attention q/out
+    (the text keys and values are computed once), the feed-forward; and the output heads."""
+    d = cfg.dim
+    per_layer = 3 * d * d + d * d + 2 * d * d + 2 * cfg.hidden_scale * d * d
+    return (cfg.num_layers * per_layer + cfg.n_q * d * cfg.card) * torch.finfo(dtype).bits // 8
+
+
+def bandwidth(device, dtype) -> float:
+    """Bytes per second that a matrix-vector product reads from memory (the decode access pattern)."""
+    n = 8192 if device.type == "cuda" else 4096
+    rows = (2 << 30 if device.type == "cuda" else 256 << 20) // (n * torch.finfo(dtype).bits // 8)
+    w = torch.randn(rows, n, device=device).to(dtype)
+    x = torch.randn(2, n, device=device).to(dtype)
+    for _ in range(3):
+        x @ w.T
+    sync(device)
+    reps = 20 if device.type == "cuda" else 5
+    start = time.perf_counter()
+    for _ in range(reps):
+        x @ w.T
+    sync(device)
+    return reps * w.numel() * w.element_size() / (time.perf_counter() - start)
+
+
+def build_ours(cfg: LMConfig, device, dtype) -> InstructMusicGen:
+    with torch.device(device):
+        model = InstructMusicGen(cfg, FusionConfig(num_layers=cfg.num_layers))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0, 0.02)
+        model.fusion.gates.fill_(0.1)
+    return model.merge_lora().to(dtype).eval().requires_grad_(False)
+
+
+def time_ours(cfg, device, dtype, steps, cuda_graph="auto") -> dict:
+    model = build_ours(cfg, device, dtype)
+    frames = steps - 1 - cfg.max_delay
+    g = torch.Generator(device=device).manual_seed(0)
+    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device), torch.zeros(1, 12, cfg.dim, device=device)])
+    cond = torch.randint(0, cfg.card, (1, cfg.n_q, frames), device=device, generator=g)
+    generate(model, cond[..., :8], text, top_k=250, generator=g, cuda_graph=cuda_graph)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sync(device)
+    start = time.perf_counter()
+    generate(model, cond, text, top_k=250, generator=g, cuda_graph=cuda_graph)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    out = {"ms_per_step": 1000 * elapsed / steps, "rtf": frames / FRAME_RATE / elapsed}
+    if device.type == "cuda":
+        out["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    del model
+    return out
+
+
+def vram_of_10s_edit(cfg, device, dtype) -> float:
+    """Peak GPU memory (GiB) of one 10 s window: weights, KV cache, prefixes, activations."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    model = build_ours(cfg, device, dtype)
+    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device, dtype=dtype),
+                      torch.zeros(1, 12, cfg.dim, device=device, dtype=dtype)])
+    cond = torch.randint(0, cfg.card, (1, cfg.n_q, 500), device=device)
+    generate(model, cond, text, top_k=250)
+    sync(device)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    del model
+    return torch.cuda.max_memory_allocated(device) / 2**30, weights
+
+
+def time_transformers(cfg, device, dtype, steps) -> dict:
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+    hf_cfg = MusicgenDecoderConfig(vocab_size=cfg.card, max_position_embeddings=2048, num_hidden_layers=cfg.num_layers,
+                                   ffn_dim=cfg.hidden_scale * cfg.dim, num_attention_heads=cfg.num_heads,
+                                   hidden_size=cfg.dim, num_codebooks=cfg.n_q, audio_channels=1,
+                                   pad_token_id=cfg.card, bos_token_id=cfg.card, scale_embedding=False,
+                                   activation_function="gelu", dropout=0.0, attention_dropout=0.0,
+                                   activation_dropout=0.0, tie_word_embeddings=False)
+    with torch.device(device):
+        model = MusicgenForCausalLM(hf_cfg)
+    model = model.to(dtype).eval()
+    ids = torch.full((cfg.n_q, 1), cfg.card, dtype=torch.long, device=device)  # doubled inside for guidance
+    enc = torch.randn(2, 12, cfg.dim, device=device, dtype=dtype)
+    kwargs = dict(encoder_hidden_states=enc, do_sample=True, top_k=250, guidance_scale=3.0,
+                  pad_token_id=cfg.card, bos_token_id=cfg.card, decoder_start_token_id=cfg.card,
+                  num_return_sequences=1)
+    model.generate(ids, max_new_tokens=8, **kwargs)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    model.generate(ids, max_new_tokens=steps, min_new_tokens=steps, **kwargs)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    del model
+    return {"ms_per_step": 1000 * elapsed / steps, "rtf": (steps - 1 - cfg.max_delay) / FRAME_RATE / elapsed}
+
+
+def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
+    try:
+        from audiocraft.modules.conditioners import ConditioningAttributes  # noqa: F401
+        from audiocraft.models.lm import LMModel  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return f"skipped: audiocraft is not importable here ({type(e).__name__}); install it in a scratch environment to compare"
+    return "skipped: audiocraft LM construction needs its condition provider (T5), not run in this script"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sizes", nargs="+", default=None, help="tiny, small, large (default: tiny small; +large on GPU)")
+    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--out", default="decode_speed.json")
+    p.add_argument("--skip-transformers", action="store_true")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    sizes = args.sizes or (["tiny", "small", "large"] if device.type == "cuda" else ["tiny", "small"])
+    dtypes = ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"{platform.processor() or platform.machine()}, {args.threads} threads"
+    result = {"machine": machine, "torch": torch.__version__, "steps": args.steps, "rows": []}
+    bw = {name: bandwidth(device, DTYPES[name]) for name in dtypes}
+    result["bandwidth_gb_s"] = {k: v / 1e9 for k, v in bw.items()}
+    print(f"# {machine}, torch {torch.__version__}; matrix-vector read bandwidth: "
+          + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()))
+    print(f"{'size':6} {'engine':28} {'ms/step':>9} {'RTF':>7} {'floor ms':>9} {'x floor':>8} {'vs hf fp32/16':>13}")
+    for size in sizes:
+        cfg = SIZES[size]
+        hf = None
+        if not args.skip_transformers:
+            hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
+            try:
+                hf = time_transformers(cfg, device, DTYPES[hf_dtype], args.steps)
+                hf["engine"] = f"transformers generate {hf_dtype}"
+                hf["dtype"] = hf_dtype
+            except Exception as e:  # noqa: BLE001
+                hf = {"engine": "transformers generate", "error": f"{type(e).__name__}: {e}"}
+        rows = []
+        if hf is not None:
+            rows.append(hf)
+        for name in dtypes:
+            if device.type == "cuda" and size == "large" and name == "fp32":
+                continue  # 13 GB of fp32 weights: the fp16/bf16 rows are the ones that matter
+            try:
+                row = time_ours(cfg, device, DTYPES[name], args.steps)
+            except Exception as e:  # noqa: BLE001
+                row = {"error": f"{type(e).__name__}: {e}"}
+            row.update(engine=f"ours {name}" + (" (CUDA graph)" if device.type == "cuda" else ""), dtype=name)
+            rows.append(row)
+            if device.type == "cuda" and name == "fp16":
+                eager = time_ours(cfg, device, DTYPES[name], args.steps, cuda_graph="off")
+                eager.update(engine="ours fp16 (eager)", dtype=name)
+                rows.append(eager)
+        if device.type == "cuda" and size == "large":
+            peak, weights = vram_of_10s_edit(cfg, device, torch.float16)
+            result["vram_10s_large_fp16_gb"] = {"peak": peak, "weights": weights}
+            print(f"# peak VRAM of a 10 s edit window, large size, fp16: {peak:.2f} GiB "
+                  f"({weights:.2f} GiB of weights; T5 and EnCodec not on the GPU)")
+        ac = time_audiocraft(cfg, device, torch.float32, args.steps)
+        rows.append({"engine": "audiocraft LM generate", "skipped": ac} if isinstance(ac, str) else ac)
+        for row in rows:
+            row["size"] = size
+            if "ms_per_step" not in row:
+                print(f"{size:6} {row['engine']:28} {row.get('error') or row.get('skipped')}")
+                continue
+            floor = 1000 * step_bytes(cfg, DTYPES[row["dtype"]]) / bw.get(row["dtype"], bw[dtypes[0]])
+            row["floor_ms"] = floor
+            row["x_floor"] = row["ms_per_step"] / floor
+            if hf and "ms_per_step" in hf:
+                row["speedup_vs_transformers"] = hf["ms_per_step"] / row["ms_per_step"]
+            print(f"{size:6} {row['engine']:28} {row['ms_per_step']:9.2f} {row['rtf']:7.2f} {floor:9.2f} "
+                  f"{row['x_floor']:8.2f} {row.get('speedup_vs_transformers', float('nan')):12.2f}x"
+                  + (f"  peak VRAM {row['peak_vram_gb']:.2f} GB" if "peak_vram_gb" in row else ""))
+            result["rows"].append(row)
+        sys.stdout.flush()
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
