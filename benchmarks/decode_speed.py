@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -101,9 +102,9 @@ def time_ours(cfg, device, dtype, steps, cuda_graph="auto") -> dict:
 
 def vram_of_10s_edit(cfg, device, dtype) -> float:
     """Peak GPU memory (GiB) of one 10 s window: weights, KV cache, prefixes, activations."""
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)
     model = build_ours(cfg, device, dtype)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)  # after building: construction runs in fp32 first
     text = torch.cat([torch.randn(1, 12, cfg.dim, device=device, dtype=dtype),
                       torch.zeros(1, 12, cfg.dim, device=device, dtype=dtype)])
     cond = torch.randint(0, cfg.card, (1, cfg.n_q, 500), device=device)
@@ -149,6 +150,46 @@ def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
     return "skipped: audiocraft LM construction needs its condition provider (T5), not run in this script"
 
 
+def measure_one(spec: dict) -> dict:
+    """One engine at one size, in this process (run as a child so that a crash stays contained)."""
+    device, cfg, dtype = torch.device(spec["device"]), SIZES[spec["size"]], DTYPES[spec["dtype"]]
+    torch.set_num_threads(spec["threads"])
+    if spec["engine"] == "transformers":
+        return time_transformers(cfg, device, dtype, spec["steps"])
+    if spec["engine"] == "vram":
+        peak, weights = vram_of_10s_edit(cfg, device, dtype)
+        return {"peak_vram_gb": peak, "weights_gb": weights}
+    return time_ours(cfg, device, dtype, spec["steps"], cuda_graph=spec.get("cuda_graph", "auto"))
+
+
+def in_child(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    lines = out.stdout.strip().splitlines()
+    if out.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    err = [line for line in out.stderr.strip().splitlines() if "Assertion" not in line]
+    return {"error": (err[-1] if err else f"exit code {out.returncode}")[:300]}
+
+
+def plan(device, sizes) -> list[dict]:
+    """(engine label, spec) rows per size, transformers first."""
+    rows = []
+    for size in sizes:
+        hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
+        rows.append({"size": size, "engine": "transformers", "dtype": hf_dtype, "label": f"transformers generate {hf_dtype}"})
+        for name in (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]):
+            if device.type == "cuda" and size == "large" and name == "fp32":
+                continue  # 13 GB of fp32 weights; the 16-bit rows are the ones that matter
+            label = f"ours {name}" + (" (CUDA graph)" if device.type == "cuda" else "")
+            rows.append({"size": size, "engine": "ours", "dtype": name, "label": label})
+            if device.type == "cuda" and name == "fp16":
+                rows.append({"size": size, "engine": "ours", "dtype": name, "label": "ours fp16 (eager)",
+                             "cuda_graph": "off"})
+        if device.type == "cuda" and size == "large":
+            rows.append({"size": size, "engine": "vram", "dtype": "fp16", "label": "peak VRAM, 10 s window, fp16"})
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -156,69 +197,47 @@ def main():
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--out", default="decode_speed.json")
-    p.add_argument("--skip-transformers", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        print(json.dumps(measure_one(json.loads(args.child))))
+        return
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     sizes = args.sizes or (["tiny", "small", "large"] if device.type == "cuda" else ["tiny", "small"])
-    dtypes = ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {args.threads} threads"
-    result = {"machine": machine, "torch": torch.__version__, "steps": args.steps, "rows": []}
+    dtypes = ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
     bw = {name: bandwidth(device, DTYPES[name]) for name in dtypes}
-    result["bandwidth_gb_s"] = {k: v / 1e9 for k, v in bw.items()}
+    result = {"machine": machine, "torch": torch.__version__, "steps": args.steps, "rows": [],
+              "bandwidth_gb_s": {k: v / 1e9 for k, v in bw.items()}}
     print(f"# {machine}, torch {torch.__version__}; matrix-vector read bandwidth: "
           + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()))
-    print(f"{'size':6} {'engine':28} {'ms/step':>9} {'RTF':>7} {'floor ms':>9} {'x floor':>8} {'vs hf fp32/16':>13}")
-    for size in sizes:
-        cfg = SIZES[size]
-        hf = None
-        if not args.skip_transformers:
-            hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
-            try:
-                hf = time_transformers(cfg, device, DTYPES[hf_dtype], args.steps)
-                hf["engine"] = f"transformers generate {hf_dtype}"
-                hf["dtype"] = hf_dtype
-            except Exception as e:  # noqa: BLE001
-                hf = {"engine": "transformers generate", "error": f"{type(e).__name__}: {e}"}
-        rows = []
-        if hf is not None:
-            rows.append(hf)
-        for name in dtypes:
-            if device.type == "cuda" and size == "large" and name == "fp32":
-                continue  # 13 GB of fp32 weights: the fp16/bf16 rows are the ones that matter
-            try:
-                row = time_ours(cfg, device, DTYPES[name], args.steps)
-            except Exception as e:  # noqa: BLE001
-                row = {"error": f"{type(e).__name__}: {e}"}
-            row.update(engine=f"ours {name}" + (" (CUDA graph)" if device.type == "cuda" else ""), dtype=name)
-            rows.append(row)
-            if device.type == "cuda" and name == "fp16":
-                eager = time_ours(cfg, device, DTYPES[name], args.steps, cuda_graph="off")
-                eager.update(engine="ours fp16 (eager)", dtype=name)
-                rows.append(eager)
-        if device.type == "cuda" and size == "large":
-            peak, weights = vram_of_10s_edit(cfg, device, torch.float16)
-            result["vram_10s_large_fp16_gb"] = {"peak": peak, "weights": weights}
-            print(f"# peak VRAM of a 10 s edit window, large size, fp16: {peak:.2f} GiB "
-                  f"({weights:.2f} GiB of weights; T5 and EnCodec not on the GPU)")
-        ac = time_audiocraft(cfg, device, torch.float32, args.steps)
-        rows.append({"engine": "audiocraft LM generate", "skipped": ac} if isinstance(ac, str) else ac)
-        for row in rows:
-            row["size"] = size
-            if "ms_per_step" not in row:
-                print(f"{size:6} {row['engine']:28} {row.get('error') or row.get('skipped')}")
-                continue
-            floor = 1000 * step_bytes(cfg, DTYPES[row["dtype"]]) / bw.get(row["dtype"], bw[dtypes[0]])
-            row["floor_ms"] = floor
-            row["x_floor"] = row["ms_per_step"] / floor
-            if hf and "ms_per_step" in hf:
-                row["speedup_vs_transformers"] = hf["ms_per_step"] / row["ms_per_step"]
-            print(f"{size:6} {row['engine']:28} {row['ms_per_step']:9.2f} {row['rtf']:7.2f} {floor:9.2f} "
-                  f"{row['x_floor']:8.2f} {row.get('speedup_vs_transformers', float('nan')):12.2f}x"
-                  + (f"  peak VRAM {row['peak_vram_gb']:.2f} GB" if "peak_vram_gb" in row else ""))
-            result["rows"].append(row)
-        sys.stdout.flush()
+    print(f"{'size':6} {'engine':30} {'ms/step':>9} {'RTF':>7} {'floor ms':>9} {'x floor':>8} {'vs transformers':>16}")
+    baseline = {}
+    for spec in plan(device, sizes):
+        spec.update(device=args.device, steps=args.steps, threads=args.threads)
+        row = {**spec, **in_child(spec)}
+        result["rows"].append(row)
+        if "peak_vram_gb" in row and "ms_per_step" not in row:
+            print(f"{row['size']:6} {row['label']:30} {row['peak_vram_gb']:.2f} GiB ({row['weights_gb']:.2f} GiB "
+                  f"weights; T5 and EnCodec not on the GPU)")
+            continue
+        if "ms_per_step" not in row:
+            print(f"{row['size']:6} {row['label']:30} failed: {row['error']}")
+            continue
+        if spec["engine"] == "transformers":
+            baseline[row["size"]] = row["ms_per_step"]
+        floor = 1000 * step_bytes(SIZES[row["size"]], DTYPES[row["dtype"]]) / bw[row["dtype"]]
+        row.update(floor_ms=floor, x_floor=row["ms_per_step"] / floor)
+        if row["size"] in baseline:
+            row["speedup_vs_transformers"] = baseline[row["size"]] / row["ms_per_step"]
+        print(f"{row['size']:6} {row['label']:30} {row['ms_per_step']:9.2f} {row['rtf']:7.2f} {floor:9.2f} "
+              f"{row['x_floor']:8.2f} {row.get('speedup_vs_transformers', float('nan')):15.2f}x"
+              + (f"  peak VRAM {row['peak_vram_gb']:.2f} GiB" if "peak_vram_gb" in row else ""), flush=True)
+    ac = time_audiocraft(None, device, torch.float32, args.steps)
+    print(f"{'all':6} {'audiocraft LM generate':30} {ac}")
+    result["audiocraft"] = ac
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
