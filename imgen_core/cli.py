@@ -101,6 +101,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .train import TrainConfig, Trainer
+    cfg = TrainConfig.from_file(args.config)
+    trainer = Trainer(cfg)
+    if args.resume:
+        print(f"resumed at step {trainer.resume(args.resume)}", file=sys.stderr)
+    trainer.fit()
+    if trainer.rank == 0:
+        print(f"wrote {cfg.out_dir}/adapter.safetensors", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     from .editor import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_ENCODEC, DEFAULT_T5
     p = argparse.ArgumentParser(prog="imgen", description="Edit music by instruction with Instruct-MusicGen.",
@@ -140,6 +152,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     c.set_defaults(func=cmd_convert)
 
+    t = sub.add_parser("train", help="instruction-tune the fusion modules and LoRA on stems",
+                       description="Train an adapter from a YAML/JSON config (see imgen_core/train.py, TrainConfig). "
+                                   "Several GPUs or processes: torchrun --nproc_per_node N -m imgen_core.cli train ...")
+    t.add_argument("--config", required=True, help="training config (.yaml or .json)")
+    t.add_argument("--resume", help="a step_N checkpoint folder to continue from")
+    t.set_defaults(func=cmd_train)
+
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")
     d.add_argument("--seconds", type=float, default=2.0, help="length of the synthesized clip (default 2)")
@@ -154,9 +173,11 @@ def main(argv=None) -> int:
     from .audio import AudioError
     from .checkpoints import CheckpointError
     from .config import ConfigError
+    from .data import DatasetError
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, AudioError, CheckpointError, ConfigError, ValueError) as e:
+    except (FileNotFoundError, FileExistsError, AudioError, CheckpointError, ConfigError, DatasetError,
+            ValueError) as e:
         print(f"imgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,214 @@
+"""Training data: stems of songs, and the (input, instruction, output) triplets built from them.
+
+Three layouts are read: Slakh2100 (track folders with `metadata.yaml` and `stems/Sxx.flac`,
+classes from `inst_class`), MoisesDB (track folders with `data.json` and one folder per stem)
+and a plain folder of stems per song (`song/drums.wav`, `song/bass_2.flac`, ...). The triplet
+rules are the official ones (DESIGN §7); every draw is a function of (seed, sample index), so a
+dataset is deterministic and resumable without saving any sampler state.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import resample
+from .instructions import OPERATIONS, render
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
+SAMPLE_RATE = 32000
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used; the message names the file or class at fault."""
+
+
+@dataclass
+class Song:
+    name: str
+    stems: dict[str, list[Path]] = field(default_factory=dict)  # class -> files (summed)
+
+
+def _add(song: Song, cls: str, path: Path):
+    if not path.is_file():
+        raise DatasetError(f"missing stem file {path} (song {song.name}, class {cls})")
+    song.stems.setdefault(cls, []).append(path)
+
+
+def read_slakh(root) -> list[Song]:
+    import yaml
+    songs = []
+    for meta_path in sorted(Path(root).glob("*/metadata.yaml")):
+        track = meta_path.parent
+        try:
+            meta = yaml.safe_load(meta_path.read_text())
+        except yaml.YAMLError as e:
+            raise DatasetError(f"unreadable {meta_path}: {e}") from None
+        song = Song(track.name)
+        for stem_id, info in sorted((meta.get("stems") or {}).items()):
+            if not info or info.get("audio_rendered") is False:
+                continue
+            cls = str(info.get("inst_class", "")).strip().lower()
+            if cls:
+                _add(song, cls, track / "stems" / f"{stem_id}.flac")
+        songs.append(song)
+    return songs
+
+
+def read_moisesdb(root) -> list[Song]:
+    songs = []
+    for meta_path in sorted(Path(root).glob("*/data.json")):
+        track = meta_path.parent
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as e:
+            raise DatasetError(f"unreadable {meta_path}: {e}") from None
+        song = Song(track.name)
+        for stem in meta.get("stems", []):
+            cls = str(stem.get("stemName", "")).strip().lower()
+            if not cls or cls == "vocals":  # vocals are dropped, as in the official recipe
+                continue
+            for t in stem.get("tracks", []):
+                _add(song, cls, track / cls / f"{t['id']}.{t.get('extension', 'wav')}")
+        songs.append(song)
+    return songs
+
+
+def read_stem_folders(root) -> list[Song]:
+    songs = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        song = Song(folder.name)
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in AUDIO_SUFFIXES:
+                _add(song, re.sub(r"[_ -]?\d+$", "", f.stem).strip().lower(), f)
+        songs.append(song)
+    return songs
+
+
+READERS = {"slakh": read_slakh, "moisesdb": read_moisesdb, "folders": read_stem_folders}
+
+
+def read_songs(layout: str, root) -> list[Song]:
+    if layout not in READERS:
+        raise DatasetError(f"unknown dataset layout {layout!r}; valid: {', '.join(READERS)}")
+    if not Path(root).is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    songs = [s for s in READERS[layout](root) if s.stems]
+    if not songs:
+        raise DatasetError(f"no songs with stems found in {root} (layout {layout}); see the layout's description "
+                           f"in imgen_core/data.py")
+    return songs
+
+
+def load_crop(paths: list[Path], start_s: float, seconds: float) -> torch.Tensor:
+    """The sum of `paths` over [start_s, start_s + seconds), mono, 32 kHz, [samples]."""
+    import soundfile as sf
+    n = round(seconds * SAMPLE_RATE)
+    total = torch.zeros(n)
+    for p in paths:
+        try:
+            with sf.SoundFile(str(p)) as f:
+                sr = f.samplerate
+                f.seek(min(int(start_s * sr), max(0, f.frames - 1)))
+                data = f.read(int(np.ceil(seconds * sr)) + 1, dtype="float32", always_2d=True)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise DatasetError(f"corrupt or unreadable stem {p}: {e}") from None
+        mono = resample(torch.from_numpy(data.mean(axis=1).copy()), sr, SAMPLE_RATE)[:n]
+        total[:mono.shape[0]] += mono
+    return total
+
+
+def stem_seconds(paths: list[Path]) -> float:
+    import soundfile as sf
+    try:
+        return min(sf.info(str(p)).duration for p in paths)
+    except (RuntimeError, TypeError) as e:
+        raise DatasetError(f"corrupt or unreadable stem among {[str(p) for p in paths]}: {e}") from None
+
+
+@dataclass
+class Triplet:
+    input: torch.Tensor   # [samples], 32 kHz mono
+    output: torch.Tensor  # [samples]
+    operation: str
+    target: str
+    text: str
+    song: str = ""
+    start: float = 0.0                      # crop start, seconds (the same for every stem)
+    input_classes: tuple[str, ...] = ()
+    output_classes: tuple[str, ...] = ()
+
+
+def choose_mix(rng: random.Random, operation: str, target: str, present: list[str]) -> tuple[list[str], list[str]]:
+    """Classes summed into the input and the output (DESIGN §7): add: input = 1..N-1 others,
+    output = input + target; remove: the reverse; extract: input = target + others, output = target."""
+    others = [c for c in present if c != target]
+    chosen = rng.sample(others, rng.randint(1, len(others)))
+    if operation == "add":
+        return chosen, chosen + [target]
+    if operation == "remove":
+        return chosen + [target], chosen
+    return chosen + [target], [target]
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """`length` triplets drawn from `songs`; item i is the same for the same seed."""
+
+    def __init__(self, songs: list[Song], classes, seconds: float = 5.0, operations=OPERATIONS, seed: int = 0,
+                 length: int = 10_000, dialect: str = "slakh", retries: int = 10):
+        self.songs, self.seconds, self.seed, self.length = songs, seconds, seed, length
+        self.operations, self.dialect, self.retries = tuple(operations), dialect, retries
+        self.classes = [c.lower() for c in classes]
+        bad = [op for op in self.operations if op not in OPERATIONS]
+        if bad:
+            raise DatasetError(f"unknown operations {bad}; valid: {', '.join(OPERATIONS)}")
+        found = sorted({c for s in songs for c in s.stems})
+        missing = [c for c in self.classes if c not in found]
+        if missing:
+            raise DatasetError(f"class(es) {missing} never occur in the dataset; classes found: {', '.join(found)}")
+        # a song is usable when it has a target class and at least one other stem
+        self.usable = [s for s in songs if len(s.stems) >= 2 and any(c in s.stems for c in self.classes)]
+        if not self.usable:
+            raise DatasetError("no song has one of the target classes and at least one other stem")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        t = self.triplet(index)
+        return {"input": t.input, "output": t.output, "text": t.text, "operation": t.operation, "target": t.target}
+
+    def triplet(self, index: int) -> Triplet:
+        rng = random.Random(f"{self.seed}:{index}")
+        song = rng.choice(self.usable)
+        present = sorted(song.stems)
+        targets = [c for c in self.classes if c in song.stems and not c.startswith("other")]
+        operation, target = rng.choice(self.operations), rng.choice(targets)
+        ins, outs = choose_mix(rng, operation, target, present)
+        length = stem_seconds([p for c in present for p in song.stems[c]])
+        for _ in range(max(1, self.retries)):
+            start = rng.uniform(0.0, max(0.0, length - self.seconds))
+            stems = {c: load_crop(song.stems[c], start, self.seconds) for c in set(ins) | set(outs)}
+            x = sum(stems[c] for c in ins)
+            y = sum(stems[c] for c in outs)
+            if not near_silent(x, y):
+                break
+        x, y = normalise(x, y)
+        return Triplet(x, y, operation, target, render(operation, target, self.dialect, self.classes),
+                       song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
+
+
+def near_silent(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """The official rejection: a quiet output, or an edit that changes almost nothing."""
+    return bool(y.abs().max() < 0.1 or ((y - x).abs() < 0.01).float().mean() > 0.7)
+
+
+def normalise(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divide both by their common peak when it exceeds 1 (the pair keeps its relative levels)."""
+    peak = max(float(x.abs().max()), float(y.abs().max()))
+    return (x / peak, y / peak) if peak > 1 else (x, y)
