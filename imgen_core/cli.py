@@ -107,6 +107,10 @@ def cmd_train(args) -> int:
     trainer = Trainer(cfg)
     if args.resume:
         print(f"resumed at step {trainer.resume(args.resume)}", file=sys.stderr)
+    if args.encode_only:
+        n = trainer.precompute(_progress_bar("encoding"))
+        print(f"encoded {n} samples into {cfg.cache_dir}", file=sys.stderr)
+        return 0
     trainer.fit()
     if trainer.rank == 0:
         print(f"wrote {cfg.out_dir}/adapter.safetensors", file=sys.stderr)
@@ -157,6 +161,8 @@ def parser() -> argparse.ArgumentParser:
                                    "Several GPUs or processes: torchrun --nproc_per_node N -m imgen_core.cli train ...")
     t.add_argument("--config", required=True, help="training config (.yaml or .json)")
     t.add_argument("--resume", help="a step_N checkpoint folder to continue from")
+    t.add_argument("--encode-only", action="store_true",
+                   help="only the pre-encoding pass: store the EnCodec codes of every sample in cache_dir")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")

@@ -181,7 +181,8 @@ class TripletDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         t = self.triplet(index)
-        return {"input": t.input, "output": t.output, "text": t.text, "operation": t.operation, "target": t.target}
+        return {"input": t.input, "output": t.output, "text": t.text, "operation": t.operation, "target": t.target,
+                "index": index}
 
     def triplet(self, index: int) -> Triplet:
         rng = random.Random(f"{self.seed}:{index}")

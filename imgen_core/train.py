@@ -58,6 +58,7 @@ class TrainConfig:
     val_every: int = 500
     val_samples: int = 2
     device: str = "auto"
+    cache_dir: str | None = None           # EnCodec codes of the crops, computed once and reused
 
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
@@ -113,7 +114,8 @@ def token_accuracy(model, cond_codes, target_codes, text_cond) -> float:
 def collate(items: list[dict]) -> dict:
     return {"input": torch.stack([x["input"] for x in items])[:, None],
             "output": torch.stack([x["output"] for x in items])[:, None],
-            "text": [x["text"] for x in items], "operation": [x["operation"] for x in items]}
+            "text": [x["text"] for x in items], "operation": [x["operation"] for x in items],
+            "index": [x["index"] for x in items]}
 
 
 class Trainer:
@@ -143,6 +145,7 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.schedule_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
+        self._stream = None
         songs = read_songs(cfg.dataset_layout, cfg.dataset_root)
         self.dataset = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed,
                                       length=cfg.steps * self.samples_per_step + 1024, dialect=cfg.dialect)
@@ -179,18 +182,64 @@ class Trainer:
             yield list(range(start, start + self.cfg.batch_size))
 
     def load_batch(self, indices: list[int]) -> dict:
+        """Audio of these samples. With workers, batches come from one loader that reads ahead
+        along this rank's sample order; anything off that order is read directly."""
         if self.cfg.num_workers > 0:
-            loader = torch.utils.data.DataLoader(torch.utils.data.Subset(self.dataset, indices),
-                                                 batch_size=len(indices), num_workers=self.cfg.num_workers,
-                                                 collate_fn=collate)
-            return next(iter(loader))
+            if self._stream is None:
+                order = [i for step in range(self.step, self.cfg.steps) for b in self.batches(step) for i in b]
+                loader = torch.utils.data.DataLoader(
+                    torch.utils.data.Subset(self.dataset, order), batch_size=self.cfg.batch_size,
+                    num_workers=self.cfg.num_workers, collate_fn=collate, prefetch_factor=2)
+                self._stream = iter(loader)
+            batch = next(self._stream, None)
+            if batch is not None and batch["index"] == indices:
+                return batch
+            self._stream = None  # out of step (a cache hit, a resume): read directly
         return collate([self.dataset[i] for i in indices])
 
+    def codes_for(self, indices: list[int]) -> dict:
+        """Condition and target codes of these samples: from the code cache when it has them,
+        else loaded, encoded and (with a cache) stored."""
+        cache = CodeCache(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        cached = {i: cache.get(i) for i in indices} if cache else {}
+        todo = [i for i in indices if cached.get(i) is None]
+        if todo:
+            batch = self.load_batch(todo)
+            with torch.no_grad():
+                cond = self.editor.codec.encode(batch["input"].to(self.device))
+                target = self.editor.codec.encode(batch["output"].to(self.device))
+            for j, i in enumerate(todo):
+                cached[i] = {"cond": cond[j], "target": target[j], "text": batch["text"][j],
+                             "operation": batch["operation"][j]}
+                if cache:
+                    cache.put(i, cached[i])
+        items = [cached[i] for i in indices]
+        return {"cond": torch.stack([x["cond"] for x in items]).long().to(self.device),
+                "target": torch.stack([x["target"] for x in items]).long().to(self.device),
+                "text": [x["text"] for x in items], "operation": [x["operation"] for x in items]}
+
+    def precompute(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """The pre-encoding pass: every sample of the run (this rank's share) into the code cache."""
+        if not self.cfg.cache_dir:
+            raise ValueError("set cache_dir in the config to pre-encode the dataset")
+        steps = range(self.step, self.cfg.steps)
+        for n, step in enumerate(steps, start=1):
+            for indices in self.batches(step):
+                self.codes_for(indices)
+            if progress is not None:
+                progress(n, len(steps))
+        return len(steps) * self.cfg.batch_size * self.cfg.grad_accum
+
     def encode_batch(self, batch: dict):
+        if "cond" in batch:
+            cond, target, texts = batch["cond"], batch["target"], batch["text"]
+        else:
+            with torch.no_grad():
+                cond = self.editor.codec.encode(batch["input"].to(self.device)).to(self.device)
+                target = self.editor.codec.encode(batch["output"].to(self.device)).to(self.device)
+            texts = batch["text"]
         with torch.no_grad():
-            cond = self.editor.codec.encode(batch["input"].to(self.device)).to(self.device)
-            target = self.editor.codec.encode(batch["output"].to(self.device)).to(self.device)
-            hidden, mask = self.editor.text_encoder(batch["text"])
+            hidden, mask = self.editor.text_encoder(texts)
         text = self.model.text_condition(hidden.to(self.device), mask.to(self.device))
         if self.cfg.text_dropout > 0:
             rng = random.Random(f"dropout:{self.cfg.seed}:{self.step}:{self.rank}")
@@ -204,14 +253,14 @@ class Trainer:
         totals, by_op = [], {}
         self.optimizer.zero_grad(set_to_none=True)
         for micro, indices in enumerate(self.batches(self.step)):
-            batch = self.load_batch(indices)
+            batch = self.codes_for(indices)
             cond, target, text = self.encode_batch(batch)
             sync = self.ddp is None or micro == self.cfg.grad_accum - 1
             ctx = self.ddp.no_sync() if not sync else _null()
             with ctx, torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
                 loss, ops = edit_loss(net, cond, target, text, batch["operation"])
                 self.scaler.scale(loss / self.cfg.grad_accum).backward()
-            totals.append(float(loss))
+            totals.append(float(loss.detach()))
             for op, v in ops.items():
                 by_op.setdefault(op, []).append(v)
         self.scaler.unscale_(self.optimizer)
@@ -296,6 +345,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
+        self._stream = None
         return self.step
 
     def write_samples(self):
@@ -316,6 +366,33 @@ class Trainer:
                 write_audio(folder / f"{tag}_target.wav", t.output[None], 32000, overwrite=True)
         finally:
             self.model.train()
+
+
+class CodeCache:
+    """EnCodec codes of training samples on disk, one small file per sample index."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{index // 1000:05d}" / f"{index:09d}.pt"
+
+    def get(self, index: int) -> dict | None:
+        path = self.path(index)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a torn or corrupt entry is simply recomputed
+            return None
+
+    def put(self, index: int, item: dict):
+        path = self.path(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        torch.save({"cond": item["cond"].to(torch.int16).cpu(), "target": item["target"].to(torch.int16).cpu(),
+                    "text": item["text"], "operation": item["operation"]}, tmp)
+        os.replace(tmp, path)
 
 
 class _null:

@@ -253,3 +253,29 @@ def test_two_process_ddp_on_cpu_ends_with_identical_parameters(tmp_path, tiny_fi
     records = log_records(tmp_path / "run")
     assert records[-1]["step"] == 3 and records[-1]["ranks_agree"] is True
     assert (tmp_path / "run" / "adapter.safetensors").is_file()
+
+
+def test_pre_encoded_codes_are_reused_and_train_identically(tmp_path, tiny_files, folders, monkeypatch):
+    from imgen_core.cli import main
+    from imgen_core.train import TrainConfig, Trainer
+    cache = tmp_path / "codes"
+    config = train_config(tmp_path / "cached", tiny_files, folders, steps=3, cache_dir=str(cache))
+    assert main(["train", "--config", str(config), "--encode-only"]) == 0
+    assert len(list(cache.rglob("*.pt"))) == 3 * 2 * 2
+    monkeypatch.setattr(TripletDataset, "triplet", lambda self, i: pytest.fail("audio was read despite the cache"))
+    Trainer(TrainConfig.from_file(config), log=lambda s: None).fit()
+    monkeypatch.undo()
+    Trainer(TrainConfig.from_file(train_config(tmp_path / "plain", tiny_files, folders, steps=3)),
+            log=lambda s: None).fit()
+    cached, plain = log_records(tmp_path / "cached" / "run"), log_records(tmp_path / "plain" / "run")
+    assert [r["loss"] for r in cached] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
+
+
+def test_parallel_loading_gives_the_same_run(tmp_path, tiny_files, folders):
+    from imgen_core.train import TrainConfig, Trainer
+    runs = {}
+    for workers in (0, 2):
+        cfg = train_config(tmp_path / f"w{workers}", tiny_files, folders, steps=2, num_workers=workers, save_every=100)
+        Trainer(TrainConfig.from_file(cfg), log=lambda s: None).fit()
+        runs[workers] = [r["loss"] for r in log_records(tmp_path / f"w{workers}" / "run")]
+    assert runs[0] == runs[2]
