@@ -89,14 +89,17 @@ class Editor:
     @classmethod
     def from_pretrained(cls, base: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, t5: str = DEFAULT_T5,
                         encodec: str = DEFAULT_ENCODEC, device: str = "auto", dtype: str = "auto",
-                        offline: bool | None = None) -> "Editor":
+                        offline: bool | None = None, merge_lora: bool = True) -> "Editor":
         """Load from local paths or Hugging Face ids. `adapter` is our safetensors file, the official
-        `finetuned.ckpt` (converted once and cached), or a repo holding either."""
+        `finetuned.ckpt` (converted once and cached), or a repo holding either. `merge_lora` folds
+        LoRA into the projections for faster inference (keep it apart to train further)."""
         base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
         adapter_file = _resolve_adapter(adapter, offline)
         if is_official_checkpoint(adapter_file):
             adapter_file = converted_adapter(adapter_file)
         model, meta = load_instruct(base_file, adapter_file)
+        if merge_lora:
+            model.merge_lora()
         stems = json.loads(meta["stems"]) if "stems" in meta else None
         editor = cls(model, TextEncoder.from_pretrained(t5, offline), Codec.from_pretrained(encodec, offline),
                      dialect=meta.get("dialect", "slakh"), stems=stems)

@@ -133,7 +133,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # LoRA's initial A matrices come from the global generator
         if editor is None:
             editor = (Editor.from_pretrained(cfg.base, cfg.init_adapter, cfg.t5, cfg.encodec, device="cpu",
-                                             dtype="fp32") if cfg.init_adapter else self._fresh_editor())
+                                             dtype="fp32", merge_lora=False)
+                      if cfg.init_adapter else self._fresh_editor())
         self.editor = editor
         self.model = self.editor.model.to(self.device).train()
         self.editor.text_encoder.to(self.device)
