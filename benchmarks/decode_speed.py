@@ -7,7 +7,8 @@ Every engine decodes `--steps` steps (default 250, 5 s of audio) with classifier
 (batch 2), top-k sampling, random weights, the same sizes. Printed per engine: ms per step and the
 real-time factor (seconds of audio per second of decoding); and the floor: the bytes of weight
 one step must read over the measured memory bandwidth. A table on stdout and a JSON file.
-audiocraft cannot be a dependency (it pins old torch); it is measured when importable.
+audiocraft cannot be a dependency (it pins old torch); the script does not measure it and says
+whether it could even be imported here.
 """
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
         from audiocraft.models.lm import LMModel  # noqa: F401
     except Exception as e:  # noqa: BLE001
         return f"skipped: audiocraft is not importable here ({type(e).__name__}); install it in a scratch environment to compare"
-    return "skipped: audiocraft LM construction needs its condition provider (T5), not run in this script"
+    return "not measured: importable here, but this script has no audiocraft LM runner"
 
 
 def measure_one(spec: dict) -> dict:

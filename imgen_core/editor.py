@@ -56,17 +56,25 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def converted_adapter(ckpt: Path, folder: Path | None = None) -> Path:
-    """The official checkpoint converted once to our safetensors adapter, cached by content
-    identity (name, size, mtime); the checkpoint itself is never modified."""
+def converted_adapter(ckpt, folders=None) -> Path:
+    """The official checkpoint converted once to our safetensors adapter, cached by identity
+    (path, size, mtime) in the first writable of `folders` (default: the user cache). The
+    checkpoint itself is never modified."""
+    ckpt = Path(ckpt)
     st = ckpt.stat()
-    key = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = folder or cache_dir() / "adapters"
-    folder.mkdir(parents=True, exist_ok=True)
-    out = folder / f"{ckpt.stem}-{key}.safetensors"
-    if not out.exists():
-        convert_official(ckpt, out)
-    return out
+    tag = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    candidates = list(folders or [cache_dir() / "adapters"])
+    for folder in candidates:
+        out = Path(folder) / f"{ckpt.stem}.{tag}.adapter.safetensors"
+        if out.exists():
+            return out
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            convert_official(ckpt, out)
+            return out
+        except OSError:  # read-only or not a folder: try the next one
+            continue
+    raise PermissionError(f"cannot write the converted adapter in any of {', '.join(map(str, candidates))}")
 
 
 class Editor:

@@ -44,8 +44,7 @@ class LayerAdapter:
 
     `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D], kept once per
     item: the rows of classifier-free guidance (2B queries) share them. `rows` picks, for every
-    query position, which row of `q` is added to the LM's own query; `key_mask` [P] (optional)
-    hides padding when the prefix sits in a larger preallocated buffer.
+    query position, which row of `q` is added to the LM's own query.
     """
 
     q: torch.Tensor
@@ -53,7 +52,6 @@ class LayerAdapter:
     v: torch.Tensor
     gate: torch.Tensor
     rows: torch.Tensor
-    key_mask: torch.Tensor | None = None
 
     def attend(self, query: torch.Tensor) -> torch.Tensor:
         b, h, p, d = self.k.shape
@@ -63,7 +61,7 @@ class LayerAdapter:
         # fold the n rows of an item into its query axis: one attention over the shared prefix
         folded = query.view(n, b, h, s, d).permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
         folded = folded + prefix_q.repeat(1, 1, n, 1)
-        out = F.scaled_dot_product_attention(folded, self.k, self.v, attn_mask=self.key_mask)
+        out = F.scaled_dot_product_attention(folded, self.k, self.v)
         out = out.view(b, h, n, s, d).permute(2, 0, 1, 3, 4).reshape(r, h, s, d)
         return self.gate * out
 

@@ -92,6 +92,8 @@ class InstructMusicGen(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything an adapter file holds: fusion parameters, LoRA, cross-attention q/k/v bases."""
+        if any(getattr(m, "merged", False) for m in self.lm.modules() if hasattr(m, "lora_A")):
+            raise ValueError("LoRA is merged into the projections; call unmerge_lora() before saving an adapter")
         keep = ("fusion.", ".cross_attention.q_proj.", ".cross_attention.k_proj.", ".cross_attention.v_proj.")
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep[0]) or any(s in k for s in keep[1:])}
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..imgen_core.checkpoints import convert_official
-from ..imgen_core.editor import Editor, cache_dir, pick_dtype
+from ..imgen_core.editor import Editor, cache_dir, converted_adapter, pick_dtype
 from ..imgen_core.build import is_official_checkpoint
 from . import comfy_glue
 
@@ -50,20 +49,7 @@ def adapter_for(path: str) -> str:
     (or in the user cache when that folder is read-only). The checkpoint is never modified."""
     if not is_official_checkpoint(path):
         return path
-    src = Path(path)
-    st = src.stat()
-    tag = f"{st.st_size:x}{st.st_mtime_ns:x}"[-10:]
-    for folder in (src.parent, cache_dir() / "adapters"):
-        out = folder / f"{src.stem}.{tag}.adapter.safetensors"
-        if out.exists():
-            return str(out)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            convert_official(src, out)
-            return str(out)
-        except PermissionError:
-            continue
-    raise PermissionError(f"cannot write the converted adapter beside {src} nor in {cache_dir()}")
+    return str(converted_adapter(path, [Path(path).parent, cache_dir() / "adapters"]))
 
 
 def _identity(path: str) -> tuple:

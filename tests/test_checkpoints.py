@@ -1,6 +1,7 @@
 """Safe checkpoint reading: refusals are clear, nothing runs, nothing is written."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,29 @@ def test_conversion_streams(tmp_path):
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["peak_increase_mb"] < 1.5 * result["adapter_mb"], result
+
+
+def test_official_checkpoint_is_converted_once_beside_it_or_in_the_next_folder(tmp_path, fixture):
+    from imgen_core.editor import converted_adapter
+    path, _ = fixture
+    ckpt = tmp_path / "models" / "finetuned.ckpt"
+    ckpt.parent.mkdir()
+    shutil.copy(path / "instruct_checkpoint.ckpt", ckpt)
+    before = ckpt.read_bytes()
+    first = converted_adapter(ckpt, [ckpt.parent])
+    assert first.parent == ckpt.parent and first.name.startswith("finetuned.") and first.name.endswith(".adapter.safetensors")
+    stamp = first.stat().st_mtime_ns
+    assert converted_adapter(ckpt, [ckpt.parent]) == first and first.stat().st_mtime_ns == stamp  # not redone
+    assert ckpt.read_bytes() == before
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where a folder would go")
+    assert converted_adapter(ckpt, [blocked / "sub", tmp_path / "cache"]).parent == tmp_path / "cache"
+
+
+def test_a_merged_model_refuses_to_save_its_adapter(fixture):
+    path, _ = fixture
+    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model.merge_lora()
+    with pytest.raises(ValueError, match="unmerge_lora"):
+        model.adapter_state_dict()
+    assert "fusion.gates" in model.unmerge_lora().adapter_state_dict()

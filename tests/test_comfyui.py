@@ -92,6 +92,12 @@ def _prepare(workflow_path: Path, object_info: dict, models=TINY) -> dict:
     return prompt
 
 
+def _set_input_file(prompt: dict, name: str):
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoadAudio":
+            node["inputs"]["audio"] = name
+
+
 def _outputs(server, history) -> list[Path]:
     files = []
     for out in history["outputs"].values():
@@ -139,9 +145,8 @@ def test_second_workflow_reuses_the_loaded_model(server, object_info):
 
 def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, object_info):
     prompt = _prepare(REPO / "workflows" / "replace_stem.json", object_info)
+    _set_input_file(prompt, "long.wav")
     for node in prompt.values():
-        if node["class_type"] == "InstructMusicGenLoadAudio":
-            node["inputs"]["audio"] = "long.wav"
         if node["class_type"] == "InstructMusicGenDecode":
             node["inputs"]["sample_rate"] = "input"
     history = server.wait(server.queue(prompt))
@@ -165,15 +170,11 @@ def test_model_comes_back_after_comfyui_frees_memory(server, object_info):
 
 def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):
     prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info)
-    for node in prompt.values():
-        if node["class_type"] == "InstructMusicGenLoadAudio":
-            node["inputs"]["audio"] = "corrupt.wav"
+    _set_input_file(prompt, "corrupt.wav")
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
     assert "cannot decode" in _error_message(history)
-    for node in prompt.values():
-        if node["class_type"] == "InstructMusicGenLoadAudio":
-            node["inputs"]["audio"] = "../outside.wav"
+    _set_input_file(prompt, "../outside.wav")
     refused = server.post("/prompt", {"prompt": prompt})
     assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)
     history = server.wait(server.queue(_prepare(REPO / "workflows" / "remove_stem.json", object_info)))
@@ -191,9 +192,7 @@ def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info
 
 def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
     prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info, models=SLOW)
-    for node in prompt.values():
-        if node["class_type"] == "InstructMusicGenLoadAudio":
-            node["inputs"]["audio"] = "long.wav"
+    _set_input_file(prompt, "long.wav")
     prompt_id = server.queue(prompt)
     deadline = time.time() + 300
     while "slow.safetensors" not in server.log_text() and time.time() < deadline:
