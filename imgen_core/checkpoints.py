@@ -18,6 +18,7 @@ import struct
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
@@ -257,9 +258,11 @@ _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", t
            torch.int64: "I64", torch.int32: "I32"}
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str]):
+def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str],
+                      progress: Callable[[int, int], None] | None = None):
     """Write a safetensors file one tensor at a time (peak memory: one tensor, not the file), to a
-    temporary name first so that a failure leaves nothing behind."""
+    temporary name first so that a failure leaves nothing behind. `progress(bytes, total)`
+    after each tensor."""
     path = Path(path)
     header, offset = {"__metadata__": metadata}, 0
     for name, t in tensors.items():
@@ -275,11 +278,15 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
+            done = 0
             for t in tensors.values():
                 t = t.detach().contiguous()
                 if t.dtype == torch.bfloat16:
                     t = t.view(torch.int16)
                 f.write(t.numpy().data.cast("B") if t.numel() else b"")
+                done += t.numel() * t.element_size()
+                if progress is not None:
+                    progress(done, offset)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -294,8 +301,10 @@ def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_mod
 
 
 def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dialect: str = "slakh",
-                     stems=None, overwrite: bool = False) -> dict[str, str]:
-    """Official `finetuned.ckpt` -> compact safetensors adapter. Returns the metadata written."""
+                     stems=None, overwrite: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Official `finetuned.ckpt` -> compact safetensors adapter. Returns the metadata written.
+    `progress(bytes written, total)` as the adapter is written."""
     from .instructions import default_stems
     dst = Path(dst)
     if Path(src).resolve() == dst.resolve():
@@ -308,7 +317,7 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
     fusion, tensors, info = read_official_checkpoint(src)
     meta = adapter_metadata(fusion, info["lm_layers"], info["lm_dim"], base_model, dialect, stems,
                             source=Path(src).name)
-    write_safetensors(tensors, dst, meta)
+    write_safetensors(tensors, dst, meta, progress)
     return meta
 
 

@@ -56,10 +56,10 @@ def cache_dir() -> Path:
     return Path(root).expanduser()
 
 
-def converted_adapter(ckpt, folders=None) -> Path:
+def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] | None = None) -> Path:
     """The official checkpoint converted once to our safetensors adapter, cached by identity
     (path, size, mtime) in the first writable of `folders` (default: the user cache). The
-    checkpoint itself is never modified."""
+    checkpoint itself is never modified. `progress(bytes, total)` while converting."""
     ckpt = Path(ckpt)
     st = ckpt.stat()
     tag = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
@@ -70,7 +70,7 @@ def converted_adapter(ckpt, folders=None) -> Path:
             return out
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            convert_official(ckpt, out)
+            convert_official(ckpt, out, progress=progress)
             return out
         except OSError:  # read-only or not a folder: try the next one
             continue
@@ -97,20 +97,29 @@ class Editor:
     @classmethod
     def from_pretrained(cls, base: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, t5: str = DEFAULT_T5,
                         encodec: str = DEFAULT_ENCODEC, device: str = "auto", dtype: str = "auto",
-                        offline: bool | None = None, merge_lora: bool = True) -> "Editor":
+                        offline: bool | None = None, merge_lora: bool = True,
+                        progress: Callable[[str, int, int], None] | None = None) -> "Editor":
         """Load from local paths or Hugging Face ids. `adapter` is our safetensors file, the official
         `finetuned.ckpt` (converted once and cached), or a repo holding either. `merge_lora` folds
-        LoRA into the projections for faster inference (keep it apart to train further)."""
+        LoRA into the projections for faster inference (keep it apart to train further).
+        `progress(stage, done, total)`: stage "converting" (bytes of the adapter written, first use
+        of an official checkpoint only), then "loading" (parts loaded of 3: LM, T5, EnCodec)."""
+        report = progress or (lambda stage, done, total: None)
         base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
         adapter_file = _resolve_adapter(adapter, offline)
         if is_official_checkpoint(adapter_file):
-            adapter_file = converted_adapter(adapter_file)
+            adapter_file = converted_adapter(adapter_file, progress=lambda d, t: report("converting", d, t))
+        report("loading", 0, 3)
         model, meta = load_instruct(base_file, adapter_file)
         if merge_lora:
             model.merge_lora()
+        report("loading", 1, 3)
+        text_encoder = TextEncoder.from_pretrained(t5, offline)
+        report("loading", 2, 3)
+        codec = Codec.from_pretrained(encodec, offline)
+        report("loading", 3, 3)
         stems = json.loads(meta["stems"]) if "stems" in meta else None
-        editor = cls(model, TextEncoder.from_pretrained(t5, offline), Codec.from_pretrained(encodec, offline),
-                     dialect=meta.get("dialect", "slakh"), stems=stems)
+        editor = cls(model, text_encoder, codec, dialect=meta.get("dialect", "slakh"), stems=stems)
         return editor.to(device, dtype)
 
     def to(self, device: str = "auto", dtype: str = "auto") -> "Editor":

@@ -17,10 +17,10 @@ NODE_CLASS_MAPPINGS = {
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "InstructMusicGenLoader": "Load Instruct-MusicGen",
+    "InstructMusicGenLoader": "Load Model (Instruct-MusicGen)",
     "InstructMusicGenLoadAudio": "Load Audio (Instruct-MusicGen)",
-    "InstructMusicGenEncode": "Encode Audio (EnCodec)",
-    "InstructMusicGenEdit": "Instruct Edit",
-    "InstructMusicGenDecode": "Decode Audio (EnCodec)",
+    "InstructMusicGenEncode": "Encode Audio (Instruct-MusicGen)",
+    "InstructMusicGenEdit": "Instruct Edit (Instruct-MusicGen)",
+    "InstructMusicGenDecode": "Decode Audio (Instruct-MusicGen)",
     "InstructMusicGenSaveAudio": "Save Audio WAV (Instruct-MusicGen)",
 }

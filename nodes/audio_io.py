@@ -11,6 +11,10 @@ from . import comfy_glue
 from .loader import CATEGORY
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".opus", ".m4a")
+# The frontend's audio player, declared as core audio nodes get it: its upload button needs the
+# player on the same node, and an output node shows what it saved in it. The frontend never sends
+# it to the server, and ComfyUI versions without it show an unconnected optional input.
+PLAYER = {"audioUI": ("AUDIO_UI", {"tooltip": "Player."})}
 
 
 def _input_path(name: str) -> str:
@@ -42,7 +46,7 @@ class InstructMusicGenLoadAudio:
                                 "tooltip": "Where to start, in seconds."}),
             "duration": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 100000.0, "step": 0.01,
                                    "tooltip": "How many seconds to load; 0 loads to the end."}),
-        }}
+        }, "optional": PLAYER}
 
     @classmethod
     def VALIDATE_INPUTS(cls, audio, start, duration):
@@ -53,14 +57,14 @@ class InstructMusicGenLoadAudio:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, audio, start, duration):
+    def IS_CHANGED(cls, audio, start, duration, **_player):
         h = hashlib.sha256()
         with open(_input_path(audio), "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
         return f"{h.hexdigest()}:{start}:{duration}"
 
-    def load(self, audio, start, duration):
+    def load(self, audio, start, duration, **_player):
         wav, sr = read_audio(_input_path(audio))
         first = int(round(start * sr))
         if first >= wav.shape[-1]:
@@ -83,9 +87,9 @@ class InstructMusicGenSaveAudio:
             "audio": ("AUDIO", {"tooltip": "The audio to save."}),
             "filename_prefix": ("STRING", {"default": "audio/instruct_musicgen",
                                            "tooltip": "File name prefix, may include a sub-folder."}),
-        }}
+        }, "optional": PLAYER}
 
-    def save(self, audio, filename_prefix):
+    def save(self, audio, filename_prefix, **_player):
         folder, name, counter, subfolder, _ = comfy_glue.save_path(filename_prefix)
         results = []
         waveform = audio["waveform"]

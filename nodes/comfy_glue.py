@@ -73,6 +73,21 @@ def progress_callback():
     return update
 
 
+def staged_progress_callback(label: str):
+    """A progress(stage, done, total) for long loads: one node bar that restarts for each stage,
+    and a console line when a stage starts."""
+    bar = progress_callback()
+    current = None
+
+    def update(stage: str, done: int, total: int):
+        nonlocal current
+        if stage != current:
+            current = stage
+            print(f"[{label}] {stage}...", flush=True)
+        bar(done, total)
+    return update
+
+
 def input_directory() -> str:
     import folder_paths
     return folder_paths.get_input_directory()

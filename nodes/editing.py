@@ -94,7 +94,8 @@ class InstructMusicGenDecode:
                    "the input's rate; the mono result on every input channel, or mono.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("AUDIO",)
-    OUTPUT_TOOLTIPS = ("32 kHz mono audio.",)
+    OUTPUT_TOOLTIPS = ("Audio of the input's duration, at 32 kHz or the input's rate and on the input's channels "
+                       "or one, as chosen below.",)
     FUNCTION = "decode"
 
     @classmethod

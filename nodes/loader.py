@@ -72,17 +72,12 @@ class InstructMusicGenLoader:
                       "tooltip": "LM precision: auto is fp16 on GPU and fp32 on CPU."}),
         }}
 
-    @classmethod
-    def VALIDATE_INPUTS(cls, base, adapter, t5, encodec, dtype):
-        import folder_paths
-        if folder_paths.get_full_path("musicgen", base) is None:
-            return f"base model {base!r} not found in the musicgen model folders"
-        if folder_paths.get_full_path("instruct_musicgen", adapter) is None:
-            return f"adapter {adapter!r} not found in the instruct_musicgen model folders"
-        return True
+    # No VALIDATE_INPUTS: ComfyUI's own check of each dropdown against its list (re-read at every
+    # run, so newly added files count) reports a missing file once, naming the input.
 
     def load(self, base, adapter, t5, encodec, dtype):
         resident, _ = get_editor(comfy_glue.model_file("musicgen", base),
                                  comfy_glue.model_file("instruct_musicgen", adapter),
-                                 _resolve_folder(t5), _resolve_folder(encodec), dtype)
+                                 _resolve_folder(t5), _resolve_folder(encodec), dtype,
+                                 progress=comfy_glue.staged_progress_callback("Instruct-MusicGen"))
         return (resident,)

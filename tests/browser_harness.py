@@ -1,0 +1,154 @@
+"""Drive ComfyUI's frontend in a real browser, as a user does: Playwright with the system's
+Chromium (Playwright's own browser download is not needed).
+
+Works with the Vue frontend of current ComfyUI (the `comfyui-frontend-package` builds) and with
+the older frontend that ComfyUI shipped in its `web/` folder before that (the CI's ComfyUI of
+March 2024); `Frontend.legacy` tells which one the page runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+
+
+def chromium_path() -> str | None:
+    """The system Chromium: IMGEN_CHROMIUM, else chromium or chromium-browser on PATH."""
+    env = os.environ.get("IMGEN_CHROMIUM")
+    if env:
+        return env if Path(env).is_file() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Frontend:
+    """One browser page on a ComfyUI server."""
+
+    def __init__(self, page, url: str):
+        self.page, self.url = page, url
+        self.errors: list[str] = []
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+
+    def open(self, timeout: float = 90):
+        self.page.goto(self.url)
+        self.page.wait_for_function("() => window.app && window.app.graph && document.querySelector('canvas')",
+                                    timeout=timeout * 1000)
+        self.legacy = not self.page.evaluate("() => !!window.__COMFYUI_FRONTEND_VERSION__")
+        self.version = self.page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || 'web/ of the server'")
+        time.sleep(1.5)  # the first-run template browser opens a moment after the graph
+        self.close_dialogs()
+        return self
+
+    def close_dialogs(self):
+        for _ in range(3):
+            self.page.keyboard.press("Escape")
+            time.sleep(0.2)
+
+    def drop_file(self, name: str, content: bytes | str, mime: str = "application/json"):
+        """Drop a file on an empty spot of the canvas, as a user dragging it from their desktop."""
+        data = list(content.encode() if isinstance(content, str) else content)
+        self.page.evaluate("""([name, bytes, mime]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+            const canvas = document.querySelector('canvas');
+            const r = canvas.getBoundingClientRect();
+            for (const type of ['dragenter', 'dragover', 'drop'])
+                canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true,
+                                                          clientX: r.x + 5, clientY: r.y + r.height - 5}));
+        }""", [name, data, mime])
+
+    def load_workflow(self, workflow: dict, name: str = "workflow.json", timeout: float = 30):
+        """Drop the workflow file on the canvas and wait until the graph holds its nodes."""
+        self.drop_file(name, json.dumps(workflow))
+        want = sorted(n["id"] for n in workflow["nodes"])
+        self.page.wait_for_function("(want) => JSON.stringify(window.app.graph._nodes.map(n => n.id).sort("
+                                    "(a, b) => a - b)) === JSON.stringify(want)", arg=want, timeout=timeout * 1000)
+        time.sleep(0.5)
+
+    def nodes(self) -> list[dict]:
+        """Every node as the frontend built it: id, type, size, position and widget values by name."""
+        return self.page.evaluate("""() => window.app.graph._nodes.map(n => ({
+            id: n.id, type: n.type, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
+            widgets: Object.fromEntries((n.widgets || []).map(w => [w.name,
+                (w.value === undefined || typeof w.value === 'object') ? null : w.value]))}))""")
+
+    def set_widget(self, node_id: int, name: str, value):
+        """Choose a widget value, as picking it in the node's dropdown or field does."""
+        ok = self.page.evaluate("""([id, name, value]) => {
+            const node = window.app.graph.getNodeById(id);
+            const w = node && (node.widgets || []).find(w => w.name === name);
+            if (!w) return false;
+            w.value = value;
+            w.callback?.(value, window.app.canvas, node);
+            node.setDirtyCanvas?.(true, true);
+            return true; }""", [node_id, name, value])
+        if not ok:
+            raise KeyError(f"node {node_id} has no widget {name!r}")
+
+    def run(self, timeout: float = 30) -> tuple[str, dict]:
+        """Press Run (Queue Prompt in the old frontend); returns the prompt id and the prompt the
+        frontend sent."""
+        button = (self.page.locator("#queue-button") if self.legacy
+                  else self.page.get_by_role("button", name="Run", exact=True).first)
+        with self.page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
+                                       timeout=timeout * 1000) as info:
+            button.click()
+        response = info.value
+        body = response.json()
+        if "prompt_id" not in body:
+            raise AssertionError(f"the server refused the frontend's prompt: {json.dumps(body)[:2000]}")
+        return body["prompt_id"], response.request.post_data_json["prompt"]
+
+    def cancel(self):
+        """Stop the running prompt from the UI."""
+        if self.legacy:
+            self.page.get_by_role("button", name="View Queue").click()
+            self.page.locator(".comfy-list").get_by_role("button", name="Cancel").first.click()
+        else:
+            self.page.get_by_role("button", name="Cancel current run").first.click()
+
+    def search_nodes(self, text: str) -> list[str]:
+        """Open the node search (double click on the empty canvas), type, return the entries shown."""
+        x, y = self.empty_spot()
+        self.page.mouse.dblclick(x, y)
+        time.sleep(0.5)
+        self.page.keyboard.type(text, delay=20)
+        time.sleep(1.5)
+        selector = (".litesearchbox .lite-search-item" if self.legacy
+                    else ".comfy-vue-node-search-container li, .p-autocomplete-list li, [role=option]")
+        entries = self.page.locator(selector).all_inner_texts()
+        self.page.keyboard.press("Escape")
+        return [" ".join(e.split()) for e in entries]
+
+    def empty_spot(self) -> tuple[float, float]:
+        """A point of the window where the graph canvas shows, with no node and no panel on top."""
+        spot = self.page.evaluate("""() => {
+            const canvas = window.app.canvas, el = canvas.canvas, r = el.getBoundingClientRect();
+            for (let fy = 0.5; fy < 0.95; fy += 0.05) for (let fx = 0.3; fx < 0.95; fx += 0.05) {
+                const x = r.left + fx * Math.min(r.width, innerWidth - r.left);
+                const y = r.top + fy * Math.min(r.height, innerHeight - r.top);
+                if (document.elementFromPoint(x, y) !== el) continue;
+                const [gx, gy] = canvas.ds.convertOffsetToCanvas([x - r.left, y - r.top]);
+                if (!window.app.graph.getNodeOnPos(gx, gy)) return [x, y];
+            }
+            return null; }""")
+        if spot is None:
+            raise AssertionError("no empty spot of the canvas is visible")
+        return spot[0], spot[1]
+
+    def visible_dialog_text(self) -> str:
+        """The text of the dialogs on screen (error reports and the like)."""
+        return self.page.evaluate("""() => [...document.querySelectorAll(
+            '.p-dialog, [role=dialog], .comfy-modal, .comfy-modal-content')]
+            .filter(d => d.offsetParent !== null || getComputedStyle(d).display !== 'none')
+            .map(d => d.innerText).join('\\n---\\n')""")
+
+    def screenshot(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.page.screenshot(path=str(path))
+        return path

@@ -1,0 +1,173 @@
+"""The node pack in a real browser: every shipped workflow dropped on the canvas and run with the
+Run button, the node search, Cancel, and the error a broken file shows (browser_harness.py).
+
+Screenshots go to IMGEN_SCREENSHOTS (default: a pytest temporary folder, printed on failure)."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+
+from browser_harness import CHROMIUM_ARGS, Frontend, chromium_path
+from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, REPO, SLOW, SONG_SECONDS, TINY
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+DISPLAY_NAMES = ["Load Model (Instruct-MusicGen)", "Load Audio (Instruct-MusicGen)", "Encode Audio (Instruct-MusicGen)",
+                 "Instruct Edit (Instruct-MusicGen)", "Decode Audio (Instruct-MusicGen)"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="browser tests: playwright is not installed "
+                                         "(pip install '.[test]')")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("browser tests: no Chromium found (apt-get install chromium, or set IMGEN_CHROMIUM)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory):
+    return Path(os.environ.get("IMGEN_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy_server):
+    return comfy_server.get("/object_info")
+
+
+@pytest.fixture
+def frontend(browser, comfy_server, screenshots, request):
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    fe = Frontend(page, comfy_server.url).open()
+    yield fe
+    name = request.node.name.replace("/", "_")
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    shot = fe.screenshot(screenshots / f"{name}{'-FAILED' if failed else ''}.png")
+    if failed:
+        print(f"\nscreenshot: {shot}\nbrowser errors: {fe.errors[-10:]}")
+    page.close()
+
+
+def _workflow(name: str, object_info: dict) -> dict:
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    if "SaveAudio" not in object_info:  # ComfyUI before its core audio nodes: the pack's saver
+        for node in workflow["nodes"]:
+            if node["type"] == "SaveAudio":
+                node["type"] = "InstructMusicGenSaveAudio"
+    return workflow
+
+
+def _choose_models(fe: Frontend, models: dict):
+    for node in fe.nodes():
+        if node["type"] == "InstructMusicGenLoader":
+            for name, value in models.items():
+                fe.set_widget(node["id"], name, value)
+
+
+def _choose_audio(fe: Frontend, name: str):
+    for node in fe.nodes():
+        if node["type"] == "InstructMusicGenLoadAudio":
+            fe.set_widget(node["id"], "audio", name)
+
+
+def _error_message(history) -> str:
+    for kind, data in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data.get("exception_message", "")
+    return ""
+
+
+def _output_files(server, history) -> dict[str, Path]:
+    files = {}
+    for node_id, out in history["outputs"].items():
+        for item in out.get("audio", []):
+            files[node_id] = server.output_dir / item.get("subfolder", "") / item["filename"]
+    return files
+
+
+def _source_of(workflow: dict, node_id: str) -> str:
+    """The input file feeding a saver: follow the links back to the Load Audio node."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    node = nodes[int(node_id)]
+    while node["type"] != "InstructMusicGenLoadAudio":
+        ins = [i for i in node.get("inputs", []) if i.get("link") is not None and i["type"] in ("AUDIO", "IMGEN_CODES")]
+        node = nodes[links[ins[0]["link"]][1]]
+    return node["widgets_values"][0]
+
+
+@pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_shipped_workflow_runs_from_the_run_button(comfy_server, object_info, frontend, workflow_path):
+    workflow = _workflow(workflow_path.name, object_info)
+    started = time.time()
+    frontend.load_workflow(workflow, workflow_path.name)
+    built = {n["id"]: n for n in frontend.nodes()}
+    for node in workflow["nodes"]:
+        assert built[node["id"]]["type"] == node["type"]
+    _choose_models(frontend, TINY)
+    prompt_id, sent = frontend.run()
+    runnable = {str(n["id"]) for n in workflow["nodes"] if n["type"] not in ("Note", "MarkdownNote")}
+    assert set(sent) == runnable, "the frontend left nodes out of the prompt"
+    assert all(sent[i]["class_type"] for i in sent)
+    history = comfy_server.wait(prompt_id)
+    assert history["status"]["status_str"] == "success", _error_message(history) or comfy_server.log_text()[-3000:]
+    files = _output_files(comfy_server, history)
+    savers = [n for n in workflow["nodes"] if n["type"] in ("SaveAudio", "InstructMusicGenSaveAudio")]
+    assert len(files) == len(savers) >= 1
+    for node_id, path in files.items():
+        source = _source_of(workflow, node_id)
+        data, sr = sf.read(str(path), always_2d=True)
+        assert sr == 32000, path
+        assert data.shape[1] == INPUT_CHANNELS[source], (path, data.shape)
+        assert abs(data.shape[0] / sr - CLIP_SECONDS.get(source, SONG_SECONDS)) < 0.01, (path, data.shape)
+        assert torch.isfinite(torch.from_numpy(data)).all() and abs(data).max() > 0
+    print(f"\n{workflow_path.stem}: {time.time() - started:.1f} s in {frontend.version}")
+
+
+def test_node_search_finds_the_pack(frontend):
+    entries = frontend.search_nodes("Instruct-MusicGen")
+    for name in DISPLAY_NAMES:
+        assert any(name in e for e in entries), (name, entries)
+
+
+def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(comfy_server, object_info, frontend):
+    frontend.load_workflow(_workflow("remove_stem.json", object_info), "remove_stem.json")
+    _choose_models(frontend, SLOW)
+    _choose_audio(frontend, "long.wav")
+    prompt_id, _ = frontend.run()
+    deadline = time.time() + 300
+    while "slow.safetensors" not in comfy_server.log_text() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # well into the decode loop
+    assert comfy_server.get(f"/history/{prompt_id}") == {}, "the slow edit finished before it could be cancelled"
+    start = time.time()
+    frontend.cancel()
+    history = comfy_server.wait(prompt_id, timeout=60)
+    assert time.time() - start < 10
+    assert "execution_interrupted" in [m[0] for m in history["status"]["messages"]]
+    _choose_models(frontend, TINY)
+    _choose_audio(frontend, "song.wav")
+    prompt_id, _ = frontend.run()
+    assert comfy_server.wait(prompt_id)["status"]["status_str"] == "success"
+
+
+def test_broken_input_file_shows_one_line_not_a_traceback(comfy_server, object_info, frontend):
+    frontend.load_workflow(_workflow("remove_stem.json", object_info), "remove_stem.json")
+    _choose_models(frontend, TINY)
+    _choose_audio(frontend, "corrupt.wav")
+    prompt_id, _ = frontend.run()
+    history = comfy_server.wait(prompt_id)
+    message = _error_message(history)
+    assert "cannot decode" in message and "\n" not in message.strip()
+    frontend.page.wait_for_function("(text) => document.body.innerText.includes(text)", arg="cannot decode",
+                                    timeout=20000)
+    shown = frontend.visible_dialog_text()
+    assert "cannot decode" in shown, shown
+    assert "Traceback" not in shown and 'File "' not in shown, shown
