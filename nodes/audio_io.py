@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..imgen_core.audio import read_audio, write_audio
+from ..imgen_core.audio import AudioError, read_audio, write_audio
 from . import comfy_glue
 from .loader import CATEGORY
 
@@ -65,7 +65,11 @@ class InstructMusicGenLoadAudio:
         return f"{h.hexdigest()}:{start}:{duration}"
 
     def load(self, audio, start, duration, **_player):
-        wav, sr = read_audio(_input_path(audio))
+        path = _input_path(audio)
+        try:
+            wav, sr = read_audio(path)
+        except AudioError as e:  # name the file as the user picked it, not by its server path
+            raise AudioError(str(e).replace(path, audio)) from None
         first = int(round(start * sr))
         if first >= wav.shape[-1]:
             raise ValueError(f"start {start} s is past the end of {audio!r} ({wav.shape[-1] / sr:.2f} s long)")

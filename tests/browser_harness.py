@@ -31,8 +31,17 @@ class Frontend:
     def __init__(self, page, url: str):
         self.page, self.url = page, url
         self.errors: list[str] = []
+        self.messages: list[dict] = []  # what the server told the page over its websocket
         page.on("pageerror", lambda e: self.errors.append(str(e)))
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        page.on("websocket", lambda ws: ws.on("framereceived", self._received))
+
+    def _received(self, payload):
+        if isinstance(payload, str):
+            try:
+                self.messages.append(json.loads(payload))
+            except ValueError:
+                pass
 
     def open(self, timeout: float = 90):
         self.page.goto(self.url)
@@ -66,14 +75,14 @@ class Frontend:
         """Drop the workflow file on the canvas and wait until the graph holds its nodes."""
         self.drop_file(name, json.dumps(workflow))
         want = sorted(n["id"] for n in workflow["nodes"])
-        self.page.wait_for_function("(want) => JSON.stringify(window.app.graph._nodes.map(n => n.id).sort("
+        self.page.wait_for_function("(want) => JSON.stringify(window.app.graph._nodes.map(n => Number(n.id)).sort("
                                     "(a, b) => a - b)) === JSON.stringify(want)", arg=want, timeout=timeout * 1000)
         time.sleep(0.5)
 
     def nodes(self) -> list[dict]:
         """Every node as the frontend built it: id, type, size, position and widget values by name."""
         return self.page.evaluate("""() => window.app.graph._nodes.map(n => ({
-            id: n.id, type: n.type, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
+            id: Number(n.id), type: n.type, pos: [n.pos[0], n.pos[1]], size: [n.size[0], n.size[1]],
             widgets: Object.fromEntries((n.widgets || []).map(w => [w.name,
                 (w.value === undefined || typeof w.value === 'object') ? null : w.value]))}))""")
 
@@ -126,20 +135,23 @@ class Frontend:
         return [" ".join(e.split()) for e in entries]
 
     def empty_spot(self) -> tuple[float, float]:
-        """A point of the window where the graph canvas shows, with no node and no panel on top."""
-        spot = self.page.evaluate("""() => {
-            const canvas = window.app.canvas, el = canvas.canvas, r = el.getBoundingClientRect();
-            for (let fy = 0.5; fy < 0.95; fy += 0.05) for (let fx = 0.3; fx < 0.95; fx += 0.05) {
-                const x = r.left + fx * Math.min(r.width, innerWidth - r.left);
-                const y = r.top + fy * Math.min(r.height, innerHeight - r.top);
-                if (document.elementFromPoint(x, y) !== el) continue;
-                const [gx, gy] = canvas.ds.convertOffsetToCanvas([x - r.left, y - r.top]);
-                if (!window.app.graph.getNodeOnPos(gx, gy)) return [x, y];
-            }
-            return null; }""")
-        if spot is None:
-            raise AssertionError("no empty spot of the canvas is visible")
-        return spot[0], spot[1]
+        """A point of the window where the graph canvas shows, with no node and no panel on top
+        (asked of the canvas itself: the pointer is moved there and the graph position read back)."""
+        rect = self.page.evaluate("""() => { const r = window.app.canvas.canvas.getBoundingClientRect();
+            return [r.left, r.top, Math.min(r.right, innerWidth), Math.min(r.bottom, innerHeight)]; }""")
+        left, top, right, bottom = rect
+        for fy in (0.85, 0.7, 0.55, 0.4, 0.95):
+            for fx in (0.5, 0.35, 0.65, 0.2, 0.8):
+                x, y = left + fx * (right - left), top + fy * (bottom - top)
+                self.page.mouse.move(x, y)
+                free = self.page.evaluate("""([x, y]) => {
+                    const c = window.app.canvas;
+                    if (document.elementFromPoint(x, y) !== c.canvas) return false;
+                    const [gx, gy] = c.graph_mouse;
+                    return !window.app.graph.getNodeOnPos(gx, gy); }""", [x, y])
+                if free:
+                    return x, y
+        raise AssertionError("no empty spot of the canvas is visible")
 
     def visible_dialog_text(self) -> str:
         """The text of the dialogs on screen (error reports and the like)."""

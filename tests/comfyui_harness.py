@@ -218,3 +218,25 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                     values.pop(0)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its position
+
+
+def layout_problems(nodes: list[dict], links: list[list]) -> list[str]:
+    """What makes a workflow hard to read: nodes on top of one another (title bars included) and
+    links that run right to left. `nodes`: id, type, pos, size; `links` in UI format."""
+    problems = []
+    boxes = {n["id"]: (n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in nodes}
+    names = {n["id"]: f"{n['type']} #{n['id']}" for n in nodes}
+    ids = sorted(boxes)
+    for i, a in enumerate(ids):
+        for b in ids[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
+            if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
+                problems.append(f"{names[a]} overlaps {names[b]}")
+    for _link_id, origin, _slot, target, _tslot, _type in links:
+        if boxes[origin][2] >= boxes[target][0]:
+            problems.append(f"the link from {names[origin]} to {names[target]} runs backwards")
+    return problems

@@ -79,3 +79,11 @@ def test_cancel_from_progress_stops_generation(tiny_editor):
         tiny_editor.edit(codes, tiny_editor.instruction("add", "drums"), progress=progress)
     # the model is left usable
     assert tiny_editor.edit(codes[..., :5], tiny_editor.instruction("add", "drums")).shape == (1, 4, 5)
+
+
+def test_loading_reports_each_part(tiny_files):
+    from imgen_core.editor import Editor
+    stages = []
+    Editor.from_pretrained(tiny_files["base"], tiny_files["adapter"], tiny_files["t5"], tiny_files["encodec"],
+                           device="cpu", offline=True, progress=lambda *a: stages.append(a))
+    assert stages == [("loading", 0, 3), ("loading", 1, 3), ("loading", 2, 3), ("loading", 3, 3)]

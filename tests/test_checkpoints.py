@@ -168,3 +168,13 @@ def test_a_merged_model_refuses_to_save_its_adapter(fixture):
     with pytest.raises(ValueError, match="unmerge_lora"):
         model.adapter_state_dict()
     assert "fusion.gates" in model.unmerge_lora().adapter_state_dict()
+
+
+def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
+    from imgen_core.editor import converted_adapter
+    path, _ = fixture
+    calls = []
+    out = converted_adapter(path / "instruct_checkpoint.ckpt", [tmp_path], lambda done, total: calls.append((done, total)))
+    assert len(calls) > 10
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len({t for _, t in calls}) == 1
+    assert calls[-1][0] == calls[-1][1] == out.stat().st_size - (8 + int.from_bytes(out.read_bytes()[:8], "little"))

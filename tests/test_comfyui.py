@@ -90,7 +90,7 @@ def test_shipped_workflow_runs(server, object_info, workflow):
 
 
 def test_second_workflow_reuses_the_loaded_model(server, object_info):
-    for name in ("remove_stem.json", "add_stem.json"):
+    for name in ("Remove a stem.json", "Add a stem.json"):
         history = server.wait(server.queue(_prepare(REPO / "workflows" / name, object_info)))
         assert history["status"]["status_str"] == "success"
     loads = [line for line in server.log_text().splitlines()
@@ -99,7 +99,7 @@ def test_second_workflow_reuses_the_loaded_model(server, object_info):
 
 
 def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "replace_stem.json", object_info)
+    prompt = _prepare(REPO / "workflows" / "Replace a stem.json", object_info)
     _set_input_file(prompt, "long.wav")
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenDecode":
@@ -113,18 +113,18 @@ def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, 
 
 def test_model_comes_back_after_comfyui_frees_memory(server, object_info):
     """/free unloads every model ComfyUI manages; the next run loads ours back without re-reading files."""
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "extract_stem.json", object_info)))
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Extract a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
     loads_before = server.log_text().count("[Instruct-MusicGen] loading weights")
     server.post("/free", {"unload_models": True, "free_memory": True})
     time.sleep(2)
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "add_stem.json", object_info)))
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Add a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
     assert server.log_text().count("[Instruct-MusicGen] loading weights") == loads_before
 
 
 def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info)
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
     _set_input_file(prompt, "corrupt.wav")
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
@@ -132,12 +132,12 @@ def test_bad_input_file_reports_our_message_and_server_recovers(server, object_i
     _set_input_file(prompt, "../outside.wav")
     refused = server.post("/prompt", {"prompt": prompt})
     assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "remove_stem.json", object_info)))
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Remove a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
 
 
 def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "add_stem.json", object_info)
+    prompt = _prepare(REPO / "workflows" / "Add a stem.json", object_info)
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenEdit":
             node["inputs"]["stem"] = "organ"
@@ -146,7 +146,7 @@ def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info
 
 
 def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "remove_stem.json", object_info, models=SLOW)
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info, models=SLOW)
     _set_input_file(prompt, "long.wav")
     prompt_id = server.queue(prompt)
     deadline = time.time() + 300
@@ -161,7 +161,7 @@ def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
     assert history["status"]["status_str"] == "error"
     kinds = [m[0] for m in history["status"]["messages"]]
     assert "execution_interrupted" in kinds
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "extract_stem.json", object_info)))
+    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Extract a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
 
 
@@ -172,7 +172,7 @@ def test_workflows_are_served_as_templates(server):
         pytest.skip(f"{server.description} predates custom-node workflow templates")
     names = sorted(listing.get("instruct_musicgen", []))
     assert names == sorted(w.stem for w in WORKFLOWS)
-    served = server.get("/api/workflow_templates/instruct_musicgen/extract_stem.json")
+    served = server.get("/api/workflow_templates/instruct_musicgen/Extract%20a%20stem.json")
     assert served["nodes"] and served["links"]
 
 
@@ -189,3 +189,23 @@ def test_pack_imports_without_comfyui():
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_a_missing_model_file_is_reported_once(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoader")
+    prompt[loader]["inputs"]["adapter"] = "missing.safetensors"
+    refused = server.post("/prompt", {"prompt": prompt})
+    errors = refused["node_errors"][loader]["errors"]
+    assert len(errors) == 1, errors
+    assert "adapter" in errors[0]["details"] and "missing.safetensors" in errors[0]["details"]
+    assert "tiny.safetensors" in errors[0]["details"], "the message lists the files that are there"
+
+
+@pytest.mark.parametrize("name", ["t5", "encodec"])
+def test_text_and_codec_folders_are_checked_against_the_list(server, object_info, name):
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoader")
+    prompt[loader]["inputs"][name] = "/etc"
+    refused = server.post("/prompt", {"prompt": prompt})
+    assert [e["details"].split(":")[0] for e in refused["node_errors"][loader]["errors"]] == [name]

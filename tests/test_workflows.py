@@ -1,0 +1,37 @@
+"""The shipped workflows as files: laid out to be read, explained, with a template thumbnail."""
+import json
+
+import pytest
+
+from comfyui_harness import REPO, layout_problems
+
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+def test_there_are_workflows():
+    assert len(WORKFLOWS) >= 6
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_workflow_reads_left_to_right_without_overlaps(path):
+    workflow = json.loads(path.read_text())
+    assert layout_problems(workflow["nodes"], workflow["links"]) == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_workflow_says_what_it_does_and_where_the_models_go(path):
+    workflow = json.loads(path.read_text())
+    notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert len(notes) == 1
+    for place in ("models/musicgen/", "models/instruct_musicgen/", "finetuned.ckpt", "state_dict.bin"):
+        assert place in notes[0], place
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_workflow_has_a_readable_title_and_a_thumbnail(path):
+    """The template browser shows the file name as the title and <name>.jpg as the picture."""
+    assert "_" not in path.stem and path.stem[0].isupper(), path.stem
+    thumbnail = path.with_suffix(".jpg")
+    assert thumbnail.is_file(), f"no thumbnail {thumbnail.name}"
+    data = thumbnail.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and 2_000 < len(data) < 200_000
