@@ -59,12 +59,12 @@ class Frontend:
             time.sleep(0.2)
 
     def drop_file(self, name: str, content: bytes | str, mime: str = "application/json"):
-        """Drop a file on an empty spot of the canvas, as a user dragging it from their desktop."""
+        """Drop a file on the canvas, as a user dragging it from their desktop."""
         data = list(content.encode() if isinstance(content, str) else content)
         self.page.evaluate("""([name, bytes, mime]) => {
             const dt = new DataTransfer();
             dt.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
-            const canvas = document.querySelector('canvas');
+            const canvas = window.app.canvas.canvas;
             const r = canvas.getBoundingClientRect();
             for (const type of ['dragenter', 'dragover', 'drop'])
                 canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true,
@@ -153,11 +153,48 @@ class Frontend:
                     return x, y
         raise AssertionError("no empty spot of the canvas is visible")
 
+    def to_screen(self, gx: float, gy: float) -> tuple[float, float]:
+        """Where a graph position shows in the window, read off the canvas: the graph positions
+        under two pointer positions fix the (linear) mapping."""
+        left, top, right, bottom = self.page.evaluate("""() => {
+            const r = window.app.canvas.canvas.getBoundingClientRect();
+            return [r.left, r.top, Math.min(r.right, innerWidth), Math.min(r.bottom, innerHeight)]; }""")
+        points = []
+        for fx, fy in ((0.3, 0.4), (0.7, 0.8), (0.4, 0.3), (0.6, 0.6), (0.5, 0.5)):
+            x, y = left + fx * (right - left), top + fy * (bottom - top)
+            if self.page.evaluate("([x, y]) => document.elementFromPoint(x, y) === window.app.canvas.canvas", [x, y]):
+                self.page.mouse.move(x, y)
+                points.append(((x, y), self.page.evaluate("() => [...window.app.canvas.graph_mouse]")))
+            if len(points) == 2:
+                break
+        ((x0, y0), (g0x, g0y)), ((x1, y1), (g1x, g1y)) = points
+        return x0 + (gx - g0x) * (x1 - x0) / (g1x - g0x), y0 + (gy - g0y) * (y1 - y0) / (g1y - g0y)
+
+    def drop_on_node(self, node_id: int, name: str, content: bytes, mime: str):
+        """Drop a file on a node, as a user dragging it from their desktop onto it."""
+        gx, gy = self.page.evaluate("""(id) => { const n = window.app.graph.getNodeById(id);
+            return [n.pos[0] + n.size[0] / 2, n.pos[1] + n.size[1] / 2]; }""", node_id)
+        x, y = self.to_screen(gx, gy)
+        self.page.evaluate("""([name, bytes, mime, x, y]) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], name, {type: mime}));
+            const canvas = window.app.canvas.canvas;
+            for (const type of ['dragenter', 'dragover', 'drop'])
+                canvas.dispatchEvent(new DragEvent(type, {dataTransfer: dt, bubbles: true, cancelable: true,
+                                                          clientX: x, clientY: y}));
+        }""", [name, list(content), mime, x, y])
+
+    def player_source(self, node_id: int) -> str:
+        """What the audio player of a node plays (empty when it has none or plays nothing)."""
+        return self.page.evaluate("""(id) => { const n = window.app.graph.getNodeById(id);
+            const w = (n.widgets || []).find(w => w.name === 'audioUI');
+            return (w && w.element && w.element.getAttribute('src')) || ''; }""", node_id)
+
     def visible_dialog_text(self) -> str:
         """The text of the dialogs on screen (error reports and the like)."""
         return self.page.evaluate("""() => [...document.querySelectorAll(
             '.p-dialog, [role=dialog], .comfy-modal, .comfy-modal-content')]
-            .filter(d => d.offsetParent !== null || getComputedStyle(d).display !== 'none')
+            .filter(d => d.offsetParent !== null && getComputedStyle(d).visibility !== 'hidden')
             .map(d => d.innerText).join('\\n---\\n')""")
 
     def screenshot(self, path: Path):

@@ -28,10 +28,17 @@ def test_every_node_is_registered_with_docs(object_info):
     for node_id in NODE_IDS:
         info = object_info[node_id]
         assert info["category"] == "audio/Instruct-MusicGen"
-        assert info["display_name"] and info["description"]
+        assert info["display_name"].endswith("(Instruct-MusicGen)") and info["description"]
         for section in ("required", "optional"):
             for name, spec in info["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+
+
+def test_decode_says_what_it_returns(object_info):
+    if "output_tooltips" not in object_info["InstructMusicGenDecode"]:
+        pytest.skip("this ComfyUI predates output tooltips")
+    [tooltip] = object_info["InstructMusicGenDecode"]["output_tooltips"]
+    assert "input's rate" in tooltip and "input's channels" in tooltip
 
 
 def _prepare(workflow_path: Path, object_info: dict, models=TINY) -> dict:
