@@ -119,13 +119,15 @@ class ComfyServer:
         cfg = self.base / "extra_model_paths.yaml"
         cfg.write_text(f"imgen_test:\n    base_path: {self.base}\n    musicgen: models/musicgen\n"
                        f"    instruct_musicgen: models/instruct_musicgen\n    custom_nodes: custom_nodes\n")
-        for d in (self.input_dir, self.output_dir):
+        for d in (self.input_dir, self.output_dir, self.base / "user"):
             d.mkdir(exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         env.pop("PYTHONPATH", None)
         self.log = open(self.log_path, "w")
         front_end = os.environ.get("IMGEN_COMFYUI_FRONTEND")
         extra = ["--front-end-root", front_end] if front_end else []
+        if "--user-directory" in (self.comfy_dir / "comfy" / "cli_args.py").read_text():
+            extra += ["--user-directory", str(self.base / "user")]  # settings start afresh every run
         self.proc = subprocess.Popen(
             [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--extra-model-paths-config", str(cfg), "--input-directory", str(self.input_dir),
