@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import os
 
-import torch
-
 from ..imgen_core.audio import AudioError, read_audio, write_audio
 from . import comfy_glue
 from .loader import CATEGORY

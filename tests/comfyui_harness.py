@@ -177,6 +177,19 @@ class ComfyServer:
             raise AssertionError(f"prompt refused: {json.dumps(out)[:3000]}")
         return out["prompt_id"]
 
+    def output_files(self, history: dict) -> dict[str, Path]:
+        """The audio files a run wrote, by the id of the node that wrote them."""
+        return {node_id: self.output_dir / item.get("subfolder", "") / item["filename"]
+                for node_id, out in history["outputs"].items() for item in out.get("audio", [])}
+
+    def wait_until_decoding(self, prompt_id: str, model_file: str, timeout: float = 300):
+        """Return once a run that loads `model_file` is well into its decode loop, still running."""
+        deadline = time.time() + timeout
+        while model_file not in self.log_text() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        assert self.get(f"/history/{prompt_id}") == {}, "the run finished before it could be stopped"
+
     def wait(self, prompt_id: str, timeout: float = 600) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -187,6 +200,14 @@ class ComfyServer:
                 return hist[prompt_id]
             time.sleep(0.5)
         raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+def error_message(history: dict) -> str:
+    """The exception message of a failed run, from its /history entry."""
+    for kind, data in history.get("status", {}).get("messages", []):
+        if kind == "execution_error":
+            return data.get("exception_message", "")
+    return ""
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:

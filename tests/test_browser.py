@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from browser_harness import CHROMIUM_ARGS, Frontend, chromium_path
-from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, REPO, SLOW, SONG_SECONDS, TINY, layout_problems
+from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, REPO, SLOW, SONG_SECONDS, TINY, error_message, layout_problems
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DISPLAY_NAMES = ["Load Model (Instruct-MusicGen)", "Load Audio (Instruct-MusicGen)", "Encode Audio (Instruct-MusicGen)",
@@ -78,21 +78,6 @@ def _choose_audio(fe: Frontend, name: str):
             fe.set_widget(node["id"], "audio", name)
 
 
-def _error_message(history) -> str:
-    for kind, data in history.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return data.get("exception_message", "")
-    return ""
-
-
-def _output_files(server, history) -> dict[str, Path]:
-    files = {}
-    for node_id, out in history["outputs"].items():
-        for item in out.get("audio", []):
-            files[node_id] = server.output_dir / item.get("subfolder", "") / item["filename"]
-    return files
-
-
 def _source_of(workflow: dict, node_id: str) -> str:
     """The input file feeding a saver: follow the links back to the Load Audio node."""
     nodes = {n["id"]: n for n in workflow["nodes"]}
@@ -105,7 +90,7 @@ def _source_of(workflow: dict, node_id: str) -> str:
 
 
 @pytest.mark.parametrize("workflow_path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
-def test_shipped_workflow_runs_from_the_run_button(comfy_server, object_info, frontend, workflow_path):
+def test_shipped_workflow_runs_from_the_run_button(frontend, comfy_server, object_info, workflow_path):
     workflow = _workflow(workflow_path.name, object_info)
     started = time.time()
     frontend.load_workflow(workflow, workflow_path.name)
@@ -119,8 +104,8 @@ def test_shipped_workflow_runs_from_the_run_button(comfy_server, object_info, fr
     assert set(sent) == runnable, "the frontend left nodes out of the prompt"
     assert all(sent[i]["class_type"] for i in sent)
     history = comfy_server.wait(prompt_id)
-    assert history["status"]["status_str"] == "success", _error_message(history) or comfy_server.log_text()[-3000:]
-    files = _output_files(comfy_server, history)
+    assert history["status"]["status_str"] == "success", error_message(history) or comfy_server.log_text()[-3000:]
+    files = comfy_server.output_files(history)
     savers = [n for n in workflow["nodes"] if n["type"] in ("SaveAudio", "InstructMusicGenSaveAudio")]
     assert len(files) == len(savers) >= 1
     for node_id, path in files.items():
@@ -152,7 +137,7 @@ def test_template_browser_shows_the_workflows_with_titles_and_thumbnails(fronten
 
 
 def test_a_file_dropped_on_load_audio_is_uploaded_played_edited_and_the_saver_plays_the_result(
-        comfy_server, object_info, frontend):
+        frontend, comfy_server, object_info):
     if frontend.legacy:
         pytest.skip("this frontend predates audio upload and audio players")
     workflow = _workflow("Remove a stem.json", object_info)
@@ -172,8 +157,8 @@ def test_a_file_dropped_on_load_audio_is_uploaded_played_edited_and_the_saver_pl
     _choose_models(frontend, TINY)
     prompt_id, sent = frontend.run()
     history = comfy_server.wait(prompt_id)
-    assert history["status"]["status_str"] == "success", _error_message(history)
-    [path] = _output_files(comfy_server, history).values()
+    assert history["status"]["status_str"] == "success", error_message(history)
+    [path] = comfy_server.output_files(history).values()
     data, sr = sf.read(str(path), always_2d=True)
     assert abs(data.shape[0] / sr - CLIP_SECONDS["clip2.wav"]) < 0.01
     frontend.page.wait_for_function("([id, name]) => (window.app.graph.getNodeById(id).widgets.find(w => w.name === "
@@ -181,7 +166,7 @@ def test_a_file_dropped_on_load_audio_is_uploaded_played_edited_and_the_saver_pl
                                     arg=[saver, path.name], timeout=20000)
 
 
-def test_the_loader_node_shows_progress_while_it_loads(comfy_server, object_info, frontend):
+def test_the_loader_node_shows_progress_while_it_loads(frontend, comfy_server, object_info):
     models = comfy_server.base / "models" / "instruct_musicgen"
     shutil.copy(models / "tiny.safetensors", models / "fresh.safetensors")  # files not loaded yet
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
@@ -195,16 +180,12 @@ def test_the_loader_node_shows_progress_while_it_loads(comfy_server, object_info
     assert steps and steps[-1][0] == steps[-1][1], steps
 
 
-def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(comfy_server, object_info, frontend):
+def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(frontend, comfy_server, object_info):
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
     _choose_models(frontend, SLOW)
     _choose_audio(frontend, "long.wav")
     prompt_id, _ = frontend.run()
-    deadline = time.time() + 300
-    while "slow.safetensors" not in comfy_server.log_text() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)  # well into the decode loop
-    assert comfy_server.get(f"/history/{prompt_id}") == {}, "the slow edit finished before it could be cancelled"
+    comfy_server.wait_until_decoding(prompt_id, "slow.safetensors")
     start = time.time()
     frontend.cancel()
     history = comfy_server.wait(prompt_id, timeout=60)
@@ -216,13 +197,13 @@ def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(comfy_server, object
     assert comfy_server.wait(prompt_id)["status"]["status_str"] == "success"
 
 
-def test_broken_input_file_shows_one_line_not_a_traceback(comfy_server, object_info, frontend):
+def test_broken_input_file_shows_one_line_not_a_traceback(frontend, comfy_server, object_info):
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
     _choose_models(frontend, TINY)
     _choose_audio(frontend, "corrupt.wav")
     prompt_id, _ = frontend.run()
     history = comfy_server.wait(prompt_id)
-    message = _error_message(history)
+    message = error_message(history)
     assert message.startswith("cannot decode corrupt.wav") and "\n" not in message.strip(), message
     details = frontend.page.get_by_role("button", name="View details")
     try:  # newer frontends first show a toast; its button opens the issues panel

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_harness import CLIP_SECONDS, REPO, SLOW, SONG_SECONDS, TINY, ui_to_api
+from comfyui_harness import CLIP_SECONDS, REPO, SLOW, SONG_SECONDS, TINY, error_message, ui_to_api
 
 NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
             "InstructMusicGenEdit", "InstructMusicGenDecode", "InstructMusicGenSaveAudio"]
@@ -60,21 +60,6 @@ def _set_input_file(prompt: dict, name: str):
             node["inputs"]["audio"] = name
 
 
-def _outputs(server, history) -> list[Path]:
-    files = []
-    for out in history["outputs"].values():
-        for item in out.get("audio", []):
-            files.append(server.output_dir / item.get("subfolder", "") / item["filename"])
-    return files
-
-
-def _error_message(history) -> str:
-    for kind, data in history.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return data.get("exception_message", "")
-    return ""
-
-
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
 def test_shipped_workflow_runs(server, object_info, workflow):
     data = json.loads(workflow.read_text())
@@ -84,8 +69,8 @@ def test_shipped_workflow_runs(server, object_info, workflow):
                for t in types)
     prompt = _prepare(workflow, object_info)
     history = server.wait(server.queue(prompt))
-    assert history["status"]["status_str"] == "success", _error_message(history) or server.log_text()[-3000:]
-    files = _outputs(server, history)
+    assert history["status"]["status_str"] == "success", error_message(history) or server.log_text()[-3000:]
+    files = list(server.output_files(history).values())
     inputs = [n["inputs"]["audio"] for n in prompt.values() if n["class_type"] == "InstructMusicGenLoadAudio"]
     assert len(files) == len(inputs) >= 1
     for path, name in zip(sorted(files), sorted(inputs)):
@@ -112,8 +97,8 @@ def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, 
         if node["class_type"] == "InstructMusicGenDecode":
             node["inputs"]["sample_rate"] = "input"
     history = server.wait(server.queue(prompt))
-    assert history["status"]["status_str"] == "success", _error_message(history)
-    [path] = _outputs(server, history)
+    assert history["status"]["status_str"] == "success", error_message(history)
+    [path] = server.output_files(history).values()
     data, sr = sf.read(str(path), always_2d=True)
     assert (sr, data.shape) == (44100, (12 * 44100, 2))
 
@@ -135,7 +120,7 @@ def test_bad_input_file_reports_our_message_and_server_recovers(server, object_i
     _set_input_file(prompt, "corrupt.wav")
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
-    assert "cannot decode" in _error_message(history)
+    assert "cannot decode" in error_message(history)
     _set_input_file(prompt, "../outside.wav")
     refused = server.post("/prompt", {"prompt": prompt})
     assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)
@@ -149,18 +134,14 @@ def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info
         if node["class_type"] == "InstructMusicGenEdit":
             node["inputs"]["stem"] = "organ"
     history = server.wait(server.queue(prompt))
-    assert "valid stems: drums, bass, piano, guitar" in _error_message(history)
+    assert "valid stems: drums, bass, piano, guitar" in error_message(history)
 
 
 def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
     prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info, models=SLOW)
     _set_input_file(prompt, "long.wav")
     prompt_id = server.queue(prompt)
-    deadline = time.time() + 300
-    while "slow.safetensors" not in server.log_text() and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)  # well into the decode loop
-    assert server.get(f"/history/{prompt_id}") == {}, "the slow edit finished before it could be interrupted"
+    server.wait_until_decoding(prompt_id, "slow.safetensors")
     start = time.time()
     server.post("/interrupt")
     history = server.wait(prompt_id, timeout=60)
