@@ -110,10 +110,11 @@ def cmd_train(args) -> int:
     if args.encode_only:
         n = trainer.precompute(_progress_bar("encoding"))
         print(f"encoded {n} samples into {cfg.cache_dir}", file=sys.stderr)
-        return 0
-    trainer.fit()
-    if trainer.rank == 0:
-        print(f"wrote {cfg.out_dir}/adapter.safetensors", file=sys.stderr)
+    else:
+        trainer.fit()
+        if trainer.rank == 0:
+            print(f"wrote {cfg.out_dir}/adapter.safetensors", file=sys.stderr)
+    trainer.close()  # on success only: after a failure on one rank, a barrier would wait for ever
     return 0
 
 

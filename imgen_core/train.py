@@ -302,6 +302,13 @@ class Trainer:
             self.save_adapter(self.out / "adapter.safetensors")
         return record
 
+    def close(self):
+        """Leave the process group together: a rank that exits while another still writes can
+        take gloo's threads down with it (an abort at exit)."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def ranks_agree(self) -> bool:
         """Every rank holds bit-identical trainable parameters (compared through their checksums)."""
         flat = torch.cat([p.detach().float().flatten() for p in self.params])

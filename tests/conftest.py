@@ -59,9 +59,10 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say loudly, in one line, when the ComfyUI integration tests could not run."""
+    """Say loudly, in one line each, when ComfyUI integration or browser tests were skipped."""
     for module, what in (("test_comfyui", "ComfyUI integration"), ("test_browser", "browser")):
         skipped = [r for r in terminalreporter.stats.get("skipped", []) if module in r.nodeid]
         if skipped:
             reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+            reason = reason.removeprefix("Skipped: ")
             terminalreporter.write_line(f"SKIPPED {len(skipped)} {what} tests: {reason}", red=True, bold=True)
