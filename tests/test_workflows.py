@@ -28,6 +28,16 @@ def test_workflow_says_what_it_does_and_where_the_models_go(path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_the_note_names_the_stems_the_workflow_edits(path):
+    workflow = json.loads(path.read_text())
+    [note] = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    summary = note.split("\n\n")[0].lower()
+    for node in workflow["nodes"]:
+        if node["type"] == "InstructMusicGenEdit":
+            assert node["widgets_values"][1] in summary, (node["widgets_values"][:2], summary)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
 def test_workflow_has_a_readable_title_and_a_thumbnail(path):
     """The template browser shows the file name as the title and <name>.jpg as the picture."""
     assert "_" not in path.stem and path.stem[0].isupper(), path.stem
