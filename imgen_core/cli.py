@@ -74,11 +74,18 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def _demo_clip(seconds: float, root: float, sr: int = 44100):
+    """A stereo 44.1 kHz chord with a clicking beat, synthesized."""
     import math
 
     import torch
+    t = torch.arange(int(sr * seconds)) / sr
+    chord = sum(torch.sin(2 * math.pi * root * r * t) for r in (1.0, 1.26, 1.498)) / 3
+    beat = (torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * (torch.sin(2 * math.pi * 2 * t) > 0.95)
+    return torch.stack([0.5 * chord + 0.3 * beat, 0.5 * chord - 0.3 * beat]), sr
 
+
+def cmd_demo(args) -> int:
     from .audio import write_audio
     from .tiny import tiny_editor
     out = Path(args.output)
@@ -88,17 +95,28 @@ def cmd_demo(args) -> int:
           "(resample, EnCodec, T5, fused LM with guidance, decode) but random weights make noise,\n"
           "not music. For real edits see `imgen edit --help` and the README.", file=sys.stderr)
     editor = tiny_editor(seed=args.seed)
-    sr, seconds = 44100, args.seconds
-    t = torch.arange(int(sr * seconds)) / sr
-    chord = sum(torch.sin(2 * math.pi * f * t) for f in (220.0, 277.2, 329.6)) / 3
-    beat = (torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * (torch.sin(2 * math.pi * 2 * t) > 0.95)
-    clip = torch.stack([0.5 * chord + 0.3 * beat, 0.5 * chord - 0.3 * beat])  # stereo, 44.1 kHz
+    clip, sr = _demo_clip(args.seconds, 220.0)
     text = editor.instruction("remove", "drums")
-    result, rate = editor.edit_audio(clip, sr, text, channels="mono", seed=args.seed, progress=_progress_bar("editing"))
+
+    def edited(audio, instruction, progress=None):
+        codes, source = editor.encode_source(audio, sr)
+        return editor.edit(codes, instruction, seed=args.seed, progress=progress), source
+
+    tokens, source = edited(clip, text, _progress_bar("editing"))
+    result, rate = editor.decode_to(tokens, source, "model", "mono")
     write_audio(out, result[0], rate, overwrite=args.overwrite)
-    print(f"ok: edited a {seconds:.1f} s synthesized stereo 44.1 kHz clip with {text!r}; wrote {out} "
+    print(f"ok: edited a {args.seconds:.1f} s synthesized stereo 44.1 kHz clip with {text!r}; wrote {out} "
           f"({result.shape[-1] / rate:.2f} s, {rate} Hz mono)", file=sys.stderr)
-    return 0
+    # The pipeline passes information through, or something in it is broken.
+    by_input = (tokens != edited(_demo_clip(args.seconds, 330.0)[0], text)[0]).float().mean().item()
+    by_text = (tokens != edited(clip, editor.instruction("add", "bass"))[0]).float().mean().item()
+    spread = result.std().item()
+    checks = [(f"the output depends on the input: {by_input:.0%} of the tokens change for another clip", by_input > 0.1),
+              (f"the output depends on the instruction: {by_text:.0%} change for 'add bass'", by_text > 0.1),
+              (f"the decoded audio is not constant: standard deviation {spread:.3f}", spread > 0.01)]
+    for line, ok in checks:
+        print(f"{'checked' if ok else 'FAILED'}: {line}", file=sys.stderr)
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 def cmd_train(args) -> int:

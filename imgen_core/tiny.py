@@ -3,6 +3,7 @@ at a size that runs in seconds. Random weights make noise, not music."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -21,14 +22,17 @@ TINY_FUSION = FusionConfig(num_layers=2)
 
 
 def tiny_model(seed: int = 0, lm_cfg: LMConfig = TINY_LM, fusion_cfg: FusionConfig = TINY_FUSION) -> InstructMusicGen:
-    """A fused model with random weights and non-zero gates and LoRA, so every part matters."""
+    """A fused model with random weights, and gates, fusion and LoRA large enough that the tokens
+    it samples depend on the audio condition and the instruction (about half of them change when
+    either does), so every part matters."""
     g = torch.Generator().manual_seed(seed)
     model = InstructMusicGen(lm_cfg, fusion_cfg)
     init_lm_weights(model.lm, g)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.startswith("fusion.") or ".lora_" in name or name.startswith("text_proj."):
-                p.copy_(torch.randn(p.shape, generator=g) * (0.5 if "gates" in name else 0.1))
+                scale = 3.0 if "gates" in name else 0.3 if ".lora_" in name else 0.5
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
             elif "norm" in name and name.endswith("weight"):
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
     return model.eval().requires_grad_(False)
@@ -55,16 +59,69 @@ def tiny_text_encoder(dim: int = 32, seed: int = 0) -> TextEncoder:
     return TextEncoder(tokenizer, T5EncoderModel(cfg))
 
 
+def calibration_audio(seed: int = 0, clips: int = 16, seconds: float = 0.64, sample_rate: int = 32000) -> torch.Tensor:
+    """Synthetic music-like clips [clips, 1, samples]: chords of three partials and gated noise."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(sample_rate * seconds)) / sample_rate
+    out = []
+    for _ in range(clips):
+        freqs = 60 * 2 ** (5 * torch.rand(3, generator=g))
+        amps, phases = torch.rand(3, generator=g), 6.3 * torch.rand(3, generator=g)
+        chord = sum(a * torch.sin(2 * math.pi * f * t + p) for a, f, p in zip(amps, freqs, phases))
+        gate = torch.sin(2 * math.pi * (0.5 + 4 * torch.rand(1, generator=g)) * t) > 0.3
+        x = chord / 3 + 0.3 * (torch.rand(t.shape, generator=g) - 0.5) * gate
+        out.append(0.6 * x / x.abs().max())
+    return torch.stack(out)[:, None]
+
+
+@torch.no_grad()
+def calibrate_codec(model, n_q: int, bandwidth: float, audio: torch.Tensor, seed: int = 0, iterations: int = 10):
+    """Make a random EnCodec carry information, in place: its encoder's output normalised to unit
+    scale on `audio` (a random encoder's output barely varies), each residual codebook set by
+    k-means on what the codebooks before it leave (as EnCodec's own initialisation does), and the
+    decoder's biases zeroed so that its output is driven by the codes, not by a constant."""
+    conv = model.encoder.layers[-1].conv
+    emb = model.encoder(audio)
+    mean, std = emb.mean((0, 2)), emb.std((0, 2))
+    conv.parametrizations.weight.original0.div_(std.view(-1, 1, 1))
+    conv.bias.copy_((conv.bias - mean) / std)
+    emb = model.encoder(audio)
+    residual = emb.permute(0, 2, 1).reshape(-1, emb.shape[1])
+    g = torch.Generator().manual_seed(seed)
+    for layer in model.quantizer.layers[:n_q]:
+        book = layer.codebook
+        centres = residual[torch.randperm(residual.shape[0], generator=g)[:book.embed.shape[0]]].clone()
+        for _ in range(iterations):
+            nearest = torch.cdist(residual, centres).argmin(1)
+            for k in range(centres.shape[0]):
+                members = residual[nearest == k]
+                if len(members):
+                    centres[k] = members.mean(0)
+        book.embed.copy_(centres)
+        book.embed_avg.copy_(centres)
+        residual = residual - centres[torch.cdist(residual, centres).argmin(1)]
+    for name, p in model.decoder.named_parameters():
+        if name.endswith("bias") or ".bias_" in name:
+            p.zero_()
+    out = model.decoder(model.quantizer.decode(model.quantizer.encode(model.encoder(audio), bandwidth=bandwidth)))
+    last = model.decoder.layers[-1].conv
+    last.parametrizations.weight.original0.mul_(0.3 / out.std())
+
+
 def tiny_codec(card: int = 64, seed: int = 0) -> Codec:
-    """An EnCodec of 32 kHz, 50 frames/s and 4 codebooks of `card` codes, with random weights."""
-    import math
+    """An EnCodec of 32 kHz, 50 frames/s and 4 codebooks of `card` codes, random but calibrated
+    (`calibrate_codec`): distinct clips give distinct codes and distinct codes decode to distinct
+    audio. Its decoder is not trained: it does not reconstruct the input (README: measured SNR)."""
     from transformers import EncodecConfig, EncodecModel
     torch.manual_seed(seed)
     bandwidth = 4 * math.log2(card) * 50 / 1000  # exactly 4 codebooks
     cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, hidden_size=16, codebook_dim=16,
                         codebook_size=card, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[bandwidth],
                         num_lstm_layers=1, num_residual_layers=1, normalize=False, use_causal_conv=False)
-    return Codec(EncodecModel(cfg))
+    model = EncodecModel(cfg)
+    codec = Codec(model)
+    calibrate_codec(model, codec.n_q, codec.bandwidth, calibration_audio(seed))
+    return codec
 
 
 def tiny_editor(seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> Editor:

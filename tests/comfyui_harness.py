@@ -29,10 +29,10 @@ TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tin
         "dtype": "auto"}
 SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
         "encodec": "slow-encodec"}
-# What its input folder holds (besides long.wav, 12 s, and corrupt.wav).
+# What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, and corrupt.wav).
 SONG_SECONDS = 3.0
 CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
-INPUT_CHANNELS = {"song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
+INPUT_CHANNELS = {"song.wav": 2, "other song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
 
 
 def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
@@ -88,6 +88,7 @@ def start_test_server(base: Path) -> "ComfyServer | None":
     srv = ComfyServer(comfy_dir, python, base, description)
     srv.input_dir.mkdir(exist_ok=True)
     write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
+    write_audio(srv.input_dir / "other song.wav", _tone(SONG_SECONDS, 44100, 2, 330.0), 44100)
     for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
         write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
     write_audio(srv.input_dir / "long.wav", _tone(12.0, 44100, 2, 440.0), 44100)

@@ -27,6 +27,14 @@ def test_demo_says_plainly_that_random_weights_give_noise(tmp_path, capsys):
     assert "TINY RANDOM model" in err and "random weights make noise" in err
 
 
+def test_demo_checks_that_the_pipeline_carries_information(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path / "d.wav")]) == 0
+    err = capsys.readouterr().err
+    for what in ("depends on the input", "depends on the instruction", "is not constant"):
+        assert f"checked: the output {what}" in err or f"checked: the decoded audio {what}" in err, err
+    assert "FAILED" not in err
+
+
 @pytest.fixture
 def stereo_wav(tmp_path):
     sr = 44100

@@ -81,6 +81,29 @@ def test_shipped_workflow_runs(server, object_info, workflow):
         assert torch.isfinite(torch.from_numpy(data)).all()
 
 
+def _run_and_read(server, prompt) -> torch.Tensor:
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "success", error_message(history)
+    [path] = server.output_files(history).values()
+    return torch.from_numpy(sf.read(str(path), always_2d=True)[0])
+
+
+def test_two_songs_give_two_different_results(server, object_info):
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    first = _run_and_read(server, prompt)
+    _set_input_file(prompt, "other song.wav")
+    second = _run_and_read(server, prompt)
+    assert first.shape == second.shape
+    assert (first - second).norm() > 0.3 * first.norm()
+
+
+def test_a_chained_edit_differs_from_its_first_edit_alone(server, object_info):
+    single = _run_and_read(server, _prepare(REPO / "workflows" / "Extract a stem.json", object_info))
+    chained = _run_and_read(server, _prepare(REPO / "workflows" / "Extract then add.json", object_info))
+    assert single.shape == chained.shape
+    assert (single - chained).norm() > 0.3 * single.norm()
+
+
 def test_second_workflow_reuses_the_loaded_model(server, object_info):
     for name in ("Remove a stem.json", "Add a stem.json"):
         history = server.wait(server.queue(_prepare(REPO / "workflows" / name, object_info)))

@@ -18,15 +18,26 @@ def test_merged_lora_engine_reproduces_the_reference_greedy_tokens(fixture):
     assert torch.equal(generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1), reference)
 
 
-def test_bf16_engine_runs_and_stays_close():
+def test_bf16_stays_within_its_rounding_of_fp32():
+    """bf16 keeps 8 bits of mantissa (unit roundoff 2**-8 = 0.0039). Through this model the
+    teacher-forced logits differ from fp32 by 1.25% (relative L2) and the argmax agrees on 98.5%
+    of positions. The bounds, 3% and 95%, leave room for other CPUs' rounding; a precision bug
+    (a softmax or a norm accumulated in bf16, a residual or the fusion lost in the cast) moves
+    the logits by tens of percent."""
     model = tiny_model(seed=3)
-    cond = torch.randint(0, TINY_LM.card, (1, 4, 20), generator=torch.Generator().manual_seed(0))
-    text = torch.cat([torch.randn(1, 4, TINY_LM.dim, generator=torch.Generator().manual_seed(1)),
-                      torch.zeros(1, 4, TINY_LM.dim)])
-    fp32 = generate(model, cond, text, top_k=1)
-    bf16 = generate(model.to(torch.bfloat16), cond, text, top_k=1)
-    assert bf16.shape == fp32.shape
-    assert (bf16 == fp32).float().mean() > 0.5  # greedy decoding diverges a little in bf16, not wholesale
+    g = torch.Generator().manual_seed(0)
+    cond = torch.randint(0, TINY_LM.card, (2, 4, 50), generator=g)
+    target = torch.randint(0, TINY_LM.card, (2, 4, 50), generator=g)
+    text = torch.randn(2, 4, TINY_LM.dim, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fp32, valid = model(target, cond, text)
+        bf16, _ = model.to(torch.bfloat16)(target, cond, text.bfloat16())
+    fp32, bf16 = fp32[valid], bf16[valid].float()
+    assert (fp32 - bf16).norm() / fp32.norm() < 0.03
+    assert (fp32.argmax(-1) == bf16.argmax(-1)).float().mean() > 0.95
+    tokens = generate(model, cond[:1, :, :20], torch.cat([text[:1].bfloat16(), torch.zeros_like(text[:1]).bfloat16()]),
+                      top_k=1)
+    assert tokens.shape == (1, 4, 20) and tokens.max() < TINY_LM.card
 
 
 def test_cuda_graph_request_without_cuda_is_a_clear_error():
