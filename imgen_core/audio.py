@@ -138,8 +138,20 @@ def from_model_audio(wav: torch.Tensor, model_rate: int, source: SourceInfo | No
     return out, out_rate
 
 
+def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links, `..` or another spelling)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False):
-    """Write [C, T] (or [T]) as 16-bit WAV/FLAC (by extension); never replaces a file unless asked."""
+    """Write [C, T] (or [T]) as 16-bit WAV/FLAC (by extension); never replaces a file unless asked.
+    The data goes to a new temporary file in the same folder (created afresh, so no planted link
+    is followed), renamed into place when complete and removed if anything fails."""
+    import tempfile
+
     import soundfile as sf
     path = Path(path)
     if path.exists() and not overwrite:
@@ -154,6 +166,11 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     if fmt is None:
         raise AudioError(f"unsupported output extension {path.suffix!r}; use .wav, .flac or .ogg")
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
-    tmp = path.with_name(path.name + ".part")
-    sf.write(str(tmp), data, sample_rate, format=fmt, subtype=subtype)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -41,11 +41,14 @@ def _add_generation_args(p: argparse.ArgumentParser):
 
 
 def cmd_edit(args) -> int:
-    from .audio import read_audio, write_audio
+    from .audio import is_same_file, read_audio, write_audio
     from .editor import Editor
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
         raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
     out = Path(args.output)
+    if is_same_file(out, args.input):
+        raise FileExistsError(f"the output {out} is the input file; choose another name (inputs are never "
+                              f"replaced, not even with --overwrite)")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     wav, sr = read_audio(args.input)

@@ -82,6 +82,42 @@ def test_cli_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
     assert not out.exists()
 
 
+def test_the_input_is_never_the_output_not_even_with_overwrite(tmp_path, tiny_files, stereo_wav, capsys):
+    before = stereo_wav.read_bytes()
+    link = tmp_path / "link.wav"
+    link.symlink_to(stereo_wav)
+    for output in (stereo_wav, tmp_path / "." / "in.wav", link):
+        for extra in ([], ["--overwrite"]):
+            assert main(["edit", str(stereo_wav), "--op", "remove", "--stem", "drums", "-o", str(output), *extra,
+                         *tiny_args(tiny_files)]) == 2
+            assert "is the input file" in capsys.readouterr().err
+    assert stereo_wav.read_bytes() == before and link.is_symlink()
+
+
+def test_writing_never_follows_a_planted_link(tmp_path):
+    from imgen_core.audio import write_audio
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "out.wav"
+    (tmp_path / "out.wav.part").symlink_to(victim)
+    write_audio(out, torch.zeros(1, 3200), 32000)
+    assert victim.read_text() == "keep me"
+    assert sf.info(str(out)).frames == 3200
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav", "out.wav.part", "victim.txt"]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
+    import soundfile
+    from imgen_core.audio import write_audio
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+    monkeypatch.setattr(soundfile, "write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        write_audio(tmp_path / "out.wav", torch.zeros(1, 320), 32000)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_missing_weights_name_the_file_and_every_place_looked(tmp_path, stereo_wav, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     out = tmp_path / "out.wav"
