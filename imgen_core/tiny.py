@@ -79,7 +79,8 @@ def calibrate_codec(model, n_q: int, bandwidth: float, audio: torch.Tensor, seed
     """Make a random EnCodec carry information, in place: its encoder's output normalised to unit
     scale on `audio` (a random encoder's output barely varies), each residual codebook set by
     k-means on what the codebooks before it leave (as EnCodec's own initialisation does), and the
-    decoder's biases zeroed so that its output is driven by the codes, not by a constant."""
+    decoder's biases zeroed so that its output is driven by the codes, not by a constant, with its
+    last layer scaled to give a standard deviation of 0.3 on `audio`."""
     conv = model.encoder.layers[-1].conv
     emb = model.encoder(audio)
     mean, std = emb.mean((0, 2)), emb.std((0, 2))

@@ -3,7 +3,6 @@ seed; decoding follows the codes; windows continue each other. The tiny componen
 information (imgen_core/tiny.py), so a broken pipeline changes these results."""
 import math
 
-import pytest
 import torch
 
 from imgen_core.generate import generate
@@ -124,9 +123,8 @@ def test_a_song_whose_halves_differ(tiny_editor):
     assert at_boundaries.max() <= inside.max()
 
 
-@pytest.mark.parametrize("seconds", [3.0])
-def test_the_decoded_edit_follows_the_input_length_and_is_not_constant(tiny_editor, seconds):
-    out, rate = tiny_editor.edit_audio(chord(seconds, 220.0, sr=44100, channels=2), 44100,
+def test_the_decoded_edit_follows_the_input_length_and_is_not_constant(tiny_editor):
+    out, rate = tiny_editor.edit_audio(chord(3.0, 220.0, sr=44100, channels=2), 44100,
                                        tiny_editor.instruction("remove", "drums"), rate="input")
-    assert out.shape == (1, 2, int(seconds * 44100)) and rate == 44100
+    assert out.shape == (1, 2, 3 * 44100) and rate == 44100
     assert out.std() > 0.05
