@@ -62,6 +62,24 @@ OFFICIAL_GLOBALS = (
 )
 
 
+# Bounds on sizes a file declares, checked before anything is allocated from them: far above
+# MusicGen-large (48 layers of width 2048), far below what would exhaust a machine.
+MAX_LAYERS = 256
+MAX_DIM = 8192
+MAX_FRAMES = 3000  # position embeddings: 60 s at 50 frames/s (the released model has 500)
+
+
+def brief(text, limit: int = 300) -> str:
+    """Text from a file or a library, made safe to show: one line, at most `limit` characters,
+    and without torch's advice to load the file with weights_only=False (never do that here)."""
+    text = str(text)
+    reason = re.search(r"WeightsUnpickler error: (.*)", text)
+    if reason:
+        text = reason.group(1)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def safe_load(path: str | os.PathLike, allowed_globals=(), what: str = "checkpoint") -> dict:
     """`torch.load` restricted to tensors, plain containers and `allowed_globals` (bound to inert
     stand-ins). Storages are memory-mapped, so nothing is read until a tensor is used."""
@@ -86,9 +104,9 @@ def safe_load(path: str | os.PathLike, allowed_globals=(), what: str = "checkpoi
                 f"refusing {what} {path}: its pickle references '{name.group(1)}', which is not a "
                 f"tensor, a plain container or one of the known names ({allowed}). Nothing from the "
                 f"file was executed.") from None
-        raise CheckpointError(f"refusing {what} {path}: {e}. Nothing from the file was executed.") from None
+        raise CheckpointError(f"refusing {what} {path}: {brief(e)}. Nothing from the file was executed.") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{what} {path} is truncated or corrupt and cannot be read: {e}") from None
+        raise CheckpointError(f"{what} {path} is truncated or corrupt and cannot be read: {brief(e)}") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{what} {path} holds a {type(obj).__name__}, expected a dict")
     return obj
@@ -321,6 +339,28 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
     return meta
 
 
+def _adapter_sizes(meta: dict, path) -> tuple[FusionConfig, int, int]:
+    """The fusion config and LM sizes an adapter's metadata declares, bounded."""
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is not an Instruct-MusicGen adapter (metadata format="
+                              f"{brief(repr(meta.get('format')), 80)}); convert the official checkpoint with "
+                              f"`imgen convert`")
+    try:
+        fusion = FusionConfig.from_dict(json.loads(meta["fusion"]))
+        lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
+        raise CheckpointError(f"adapter {path} has unreadable metadata: {brief(e)}") from None
+    if not (1 <= lm_layers <= MAX_LAYERS and 1 <= lm_dim <= MAX_DIM):
+        raise CheckpointError(f"adapter {path} declares an LM of {brief(lm_layers, 40)} layers of width "
+                              f"{brief(lm_dim, 40)}; accepted: 1 to {MAX_LAYERS} layers, width 1 to {MAX_DIM}")
+    if not (1 <= fusion.num_layers <= lm_layers and 1 <= fusion.max_frames <= MAX_FRAMES
+            and 1 <= fusion.lora_rank <= lm_dim):
+        raise CheckpointError(f"adapter {path} declares fusion sizes out of range ({brief(fusion, 120)}); "
+                              f"accepted: 1 to {lm_layers} adapter layers, 1 to {MAX_FRAMES} frames, "
+                              f"LoRA rank 1 to {lm_dim}")
+    return fusion, lm_layers, lm_dim
+
+
 def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str, str]]:
     """Our adapter file -> (fusion config, tensors, metadata), validated."""
     from safetensors import SafetensorError
@@ -331,17 +371,12 @@ def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str,
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            fusion, lm_layers, lm_dim = _adapter_sizes(meta, path)  # before reading any tensor
             tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except CheckpointError:
+        raise
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"adapter {path} is truncated or corrupt: {e}") from None
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path} is not an Instruct-MusicGen adapter (metadata format="
-                              f"{meta.get('format')!r}); convert the official checkpoint with `imgen convert`")
-    try:
-        fusion = FusionConfig.from_dict(json.loads(meta["fusion"]))
-        lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
-    except (KeyError, ValueError, TypeError) as e:
-        raise CheckpointError(f"adapter {path} has unreadable metadata: {e}") from None
+        raise CheckpointError(f"adapter {path} is truncated or corrupt: {brief(e)}") from None
     check_tensors(tensors, expected_adapter_shapes(lm_layers, lm_dim, fusion), f"adapter {path}")
     return fusion, tensors, meta
 

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,39 @@ def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
     assert len(calls) > 10
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len({t for _, t in calls}) == 1
     assert calls[-1][0] == calls[-1][1] == out.stat().st_size - (8 + int.from_bytes(out.read_bytes()[:8], "little"))
+
+
+def _adapter_with_metadata(path, **meta):
+    from safetensors.torch import save_file
+    from imgen_core.checkpoints import ADAPTER_FORMAT
+    base = {"format": ADAPTER_FORMAT, "fusion": json.dumps({"num_layers": 2}), "lm_layers": "2", "lm_dim": "64"}
+    save_file({}, str(path), metadata={**base, **meta})
+    return path
+
+
+@pytest.mark.parametrize("meta, message", [
+    ({"lm_layers": "1000000000"}, "declares an LM of 1000000000 layers"),
+    ({"lm_dim": "16384"}, "width 16384"),
+    ({"fusion": json.dumps({"num_layers": 1000000000})}, "fusion sizes out of range"),
+    ({"fusion": "[" * 100000 + "]" * 100000}, "unreadable metadata"),
+    ({"fusion": json.dumps(["not", "a", "dict"])}, "unreadable metadata"),
+    ({"lm_layers": "two"}, "unreadable metadata"),
+    ({"format": "x" * 10_000_000}, "is not an Instruct-MusicGen adapter"),
+])
+def test_adapter_metadata_is_bounded_before_anything_is_built(tmp_path, meta, message):
+    """Tiny files whose metadata asks for unbounded work or memory: one short line, at once."""
+    from imgen_core.checkpoints import read_adapter
+    path = _adapter_with_metadata(tmp_path / "hostile.safetensors", **meta)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=message) as e:
+        read_adapter(path)
+    assert time.perf_counter() - start < 5
+    assert "\n" not in str(e.value) and len(str(e.value)) < 600
+
+
+def test_refusals_never_suggest_weights_only_false():
+    from imgen_core.checkpoints import brief
+    torch_message = ("Weights only load failed. This file can still be loaded, to do so you have two options, "
+                     "do those steps only if you trust the source of the checkpoint.\n (1) ... set `weights_only` "
+                     "to `False` ...\n WeightsUnpickler error: Unsupported operand 149\n\nCheck the documentation")
+    assert brief(torch_message) == "Unsupported operand 149"
