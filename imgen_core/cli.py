@@ -196,8 +196,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_terminate(signum, frame):
+    raise KeyboardInterrupt("terminated")  # so that files being written are removed on the way out
+
+
 def main(argv=None) -> int:
+    import signal
+    import threading
     args = parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_terminate)
     from .audio import AudioError
     from .checkpoints import CheckpointError
     from .config import ConfigError

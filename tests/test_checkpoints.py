@@ -215,3 +215,23 @@ def test_refusals_never_suggest_weights_only_false():
                      "do those steps only if you trust the source of the checkpoint.\n (1) ... set `weights_only` "
                      "to `False` ...\n WeightsUnpickler error: Unsupported operand 149\n\nCheck the documentation")
     assert brief(torch_message) == "Unsupported operand 149"
+
+
+def test_a_conversion_stopped_midway_leaves_nothing(tmp_path):
+    """SIGTERM while the adapter is being written: the temporary file is removed, no output."""
+    import signal
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from convert_memory import write_checkpoint
+    ckpt, out = tmp_path / "finetuned.ckpt", tmp_path / "out" / "adapter.safetensors"
+    out.parent.mkdir()
+    write_checkpoint(ckpt, adapter_mb=400, extra_mb=0)
+    proc = subprocess.Popen([sys.executable, "-m", "imgen_core.cli", "convert", str(ckpt), "-o", str(out)],
+                            cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.parent.glob("*.part")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the conversion ended before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) != 0
+    assert "interrupted; nothing was written" in proc.stderr.read()
+    assert list(out.parent.iterdir()) == []
