@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 MB = 1 << 20
 
 
-def write_checkpoint(path: Path, adapter_mb: float, extra_mb: float, dim: int = 512, rank: int = 32) -> None:
+def write_checkpoint(path: Path, adapter_mb: float, extra_mb: float, dim: int = 512, rank: int = 32,
+                     edit=None) -> None:
+    """`edit(state_dict)`, when given, changes the weights before they are saved (hostile variants)."""
     per_layer = 4 * dim * (501 + 4 * dim + 4 * rank)
     layers = max(2, math.ceil(adapter_mb * MB / per_layer))
     lm = "model.peft_model.lm.transformer.base_model.model.layers"
@@ -43,6 +45,8 @@ def write_checkpoint(path: Path, adapter_mb: float, extra_mb: float, dim: int = 
         state[f"{lm}.{i % layers}.self_attn.frozen_{i}.weight"] = torch.randn(dim, dim).half()
     optimizer = {"state": {i: {"exp_avg": torch.randn(dim, dim // 2)} for i in range(frozen)},
                  "param_groups": [{"lr": 1e-4}]}
+    if edit is not None:
+        edit(state)
     torch.save({"state_dict": state, "optimizer_states": [optimizer], "global_step": 1,
                 "hyper_parameters": {"optimizer": functools.partial(torch.optim.AdamW, lr=1e-4)}}, path)
 

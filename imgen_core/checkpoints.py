@@ -122,6 +122,11 @@ def _check_zip(path: Path, what: str):
     for info in infos:
         if info.header_offset + info.compress_size > size:
             raise CheckpointError(f"{what} {path} is truncated: entry {info.filename} runs past the end")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            # torch.save never compresses; a compressed entry could unpack to far more than the file
+            raise CheckpointError(f"{what} {path}: entry {brief(info.filename, 80)} is compressed "
+                                  f"({info.compress_size} bytes unpacking to {info.file_size}); torch.save never "
+                                  f"compresses, so this is not a file it wrote")
 
 
 # ---------------------------------------------------------------- audiocraft base LM
@@ -197,8 +202,20 @@ def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> d
     return shapes
 
 
+def refuse_hollow(tensors: dict, source: str):
+    """Refuse tensors whose values are not all in the file: views with a zero stride or a storage
+    smaller than their size (a few bytes in the file could otherwise claim gigabytes)."""
+    hollow = [k for k, t in tensors.items() if not isinstance(t, torch.Tensor)
+              or any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape))
+              or t.untyped_storage().nbytes() < t.numel() * t.element_size()]
+    if hollow:
+        raise CheckpointError(f"{source}: {_some(hollow)} are not tensors stored in the file (repeated or "
+                              f"missing values behind a view); a real checkpoint stores every value")
+
+
 def check_tensors(tensors: dict, expected: dict[str, tuple], source: str, allow_extra: bool = False):
-    """Refuse missing, mis-shaped or (unless allowed) unexpected keys, naming them."""
+    """Refuse missing, mis-shaped, hollow or (unless allowed) unexpected keys, naming them."""
+    refuse_hollow(tensors, source)
     missing = sorted(k for k in expected if k not in tensors)
     wrong = sorted(f"{k} {list(tensors[k].shape)} (expected {list(expected[k])})"
                    for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k]))
@@ -250,6 +267,7 @@ def read_official_checkpoint(path) -> tuple[FusionConfig, dict[str, torch.Tensor
         raise CheckpointError(f"{path} has no 'state_dict': not a Lightning checkpoint "
                               f"(top-level keys: {sorted(ckpt)[:8]})")
     tensors = official_adapter_tensors(state)
+    refuse_hollow(tensors, str(path))
     fusion, lm_layers, dim = fusion_config_of(tensors, str(path))
     hp = _instructor_kwargs(ckpt)
     if "num_layers" in hp and hp["num_layers"] != fusion.num_layers:

@@ -235,3 +235,36 @@ def test_a_conversion_stopped_midway_leaves_nothing(tmp_path):
     assert proc.wait(60) != 0
     assert "interrupted; nothing was written" in proc.stderr.read()
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_view_claiming_more_values_than_the_file_holds_is_refused(tmp_path):
+    """A stride-0 view stores one value and claims a whole tensor; converting it would write them all."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from convert_memory import write_checkpoint
+
+    def hollow(state):
+        key = "model.cp_transformer.merge_linear.0.weight"
+        state[key] = torch.zeros(1).expand(*state[key].shape)
+    ckpt, out = tmp_path / "hollow.ckpt", tmp_path / "out.safetensors"
+    write_checkpoint(ckpt, adapter_mb=1, extra_mb=0, dim=64, edit=hollow)
+    with pytest.raises(CheckpointError, match="merge_linear.0.weight are not tensors stored in the file"):
+        convert_official(ckpt, out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["hollow.ckpt"]
+
+
+def test_a_compressed_entry_is_refused_before_it_is_unpacked(tmp_path):
+    """A deflated data.pkl can unpack to gigabytes from a small file; torch.save never compresses."""
+    import zipfile
+    plain, bomb = tmp_path / "plain.ckpt", tmp_path / "bomb.ckpt"
+    torch.save({"state_dict": {"x": torch.zeros(4)}}, plain)
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(bomb, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename.endswith("data.pkl"):
+                data += b"\0" * 50_000_000  # pads out to 50 MB, deflates to about 50 KB
+                dst.writestr(info.filename, data, compress_type=zipfile.ZIP_DEFLATED)
+            else:
+                dst.writestr(info, data)
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(CheckpointError, match="is compressed .* torch.save never compresses"):
+        safe_load(bomb)
