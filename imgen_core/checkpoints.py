@@ -256,6 +256,7 @@ def fusion_config_of(tensors: dict[str, torch.Tensor], source: str, lora_alpha: 
                     if f"lm.transformer.layers.0.cross_attention.{p}.lora_A.default.weight" in tensors)
     cfg = FusionConfig(num_layers=int(tensors["fusion.gates"].shape[0]), max_frames=pos.shape[1] - 1,
                        lora_rank=int(rank), lora_alpha=lora_alpha, lora_targets=targets or ("q_proj", "v_proj"))
+    check_sizes(cfg, max(layers) + 1, pos.shape[2], source)
     return cfg, max(layers) + 1, pos.shape[2]
 
 
@@ -368,15 +369,20 @@ def _adapter_sizes(meta: dict, path) -> tuple[FusionConfig, int, int]:
         lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
     except (KeyError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
         raise CheckpointError(f"adapter {path} has unreadable metadata: {brief(e)}") from None
-    if not (1 <= lm_layers <= MAX_LAYERS and 1 <= lm_dim <= MAX_DIM):
-        raise CheckpointError(f"adapter {path} declares an LM of {brief(lm_layers, 40)} layers of width "
-                              f"{brief(lm_dim, 40)}; accepted: 1 to {MAX_LAYERS} layers, width 1 to {MAX_DIM}")
-    if not (1 <= fusion.num_layers <= lm_layers and 1 <= fusion.max_frames <= MAX_FRAMES
-            and 1 <= fusion.lora_rank <= lm_dim):
-        raise CheckpointError(f"adapter {path} declares fusion sizes out of range ({brief(fusion, 120)}); "
-                              f"accepted: 1 to {lm_layers} adapter layers, 1 to {MAX_FRAMES} frames, "
-                              f"LoRA rank 1 to {lm_dim}")
+    check_sizes(fusion, lm_layers, lm_dim, f"adapter {path}")
     return fusion, lm_layers, lm_dim
+
+
+def check_sizes(fusion: FusionConfig, lm_layers: int, lm_dim: int, source: str):
+    """Refuse sizes beyond the bounds above, before anything is allocated from them."""
+    if not (1 <= lm_layers <= MAX_LAYERS and 1 <= lm_dim <= MAX_DIM):
+        raise CheckpointError(f"{source} declares an LM of {brief(lm_layers, 40)} layers of width "
+                              f"{brief(lm_dim, 40)}; accepted: 1 to {MAX_LAYERS} layers, width 1 to {MAX_DIM}")
+    if not (1 <= fusion.num_layers <= MAX_LAYERS and 1 <= fusion.max_frames <= MAX_FRAMES
+            and 1 <= fusion.lora_rank <= lm_dim):
+        raise CheckpointError(f"{source} declares fusion sizes out of range ({brief(fusion, 120)}); "
+                              f"accepted: 1 to {MAX_LAYERS} adapter layers, 1 to {MAX_FRAMES} frames, "
+                              f"LoRA rank 1 to {lm_dim}")
 
 
 def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str, str]]:

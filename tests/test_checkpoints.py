@@ -268,3 +268,18 @@ def test_a_compressed_entry_is_refused_before_it_is_unpacked(tmp_path):
     assert bomb.stat().st_size < 1_000_000
     with pytest.raises(CheckpointError, match="is compressed .* torch.save never compresses"):
         safe_load(bomb)
+
+
+def test_a_layer_index_far_beyond_any_model_is_refused_at_once(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from convert_memory import write_checkpoint
+
+    def far(state):
+        key = "model.peft_model.lm.transformer.base_model.model.layers.1000000000.cross_attention.k_proj.weight"
+        state[key] = torch.zeros(64, 64)
+    ckpt = tmp_path / "far.ckpt"
+    write_checkpoint(ckpt, adapter_mb=1, extra_mb=0, dim=64, edit=far)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match="declares an LM of 1000000001 layers"):
+        convert_official(ckpt, tmp_path / "out.safetensors")
+    assert time.perf_counter() - start < 5 and not (tmp_path / "out.safetensors").exists()
