@@ -142,13 +142,16 @@ def read_audiocraft_lm(path) -> tuple[LMConfig, dict[str, torch.Tensor]]:
                               f"'best_state' and 'xp.cfg', found {sorted(pkg)[:8]}")
     cfg = pkg["xp.cfg"]
     if isinstance(cfg, str):
-        cfg = yaml.safe_load(cfg)
+        try:
+            cfg = yaml.safe_load(cfg)  # plain YAML only: tags such as !!python/... are refused
+        except (yaml.YAMLError, RecursionError) as e:
+            raise CheckpointError(f"{path}: 'xp.cfg' is not plain YAML: {brief(e, 200)}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: 'xp.cfg' is a {type(cfg).__name__}, expected a YAML text or a dict")
     try:
         lm_cfg = LMConfig.from_audiocraft(cfg)
-    except (KeyError, ConfigError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    except (KeyError, ConfigError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: unusable 'xp.cfg': {brief(e, 200)}") from None
     state = {}
     for key, value in pkg["best_state"].items():
         if key.startswith(TEXT_PROJ_PREFIX):

@@ -283,3 +283,19 @@ def test_a_layer_index_far_beyond_any_model_is_refused_at_once(tmp_path):
     with pytest.raises(CheckpointError, match="declares an LM of 1000000001 layers"):
         convert_official(ckpt, tmp_path / "out.safetensors")
     assert time.perf_counter() - start < 5 and not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ("!!python/object/apply:os.system ['touch {marker}']", "is not plain YAML"),
+    ("transformer_lm: {dim: [1, 2]}", "unusable 'xp.cfg'"),
+    ("transformer_lm: 7", "unusable 'xp.cfg'"),
+])
+def test_a_base_config_that_is_not_plain_yaml_is_one_line(tmp_path, cfg, message):
+    from imgen_core.checkpoints import read_audiocraft_lm
+    marker = tmp_path / "ran"
+    path = tmp_path / "state_dict.bin"
+    torch.save({"best_state": {}, "xp.cfg": cfg.replace("{marker}", str(marker)), "version": "1.3.0",
+                "exported": True}, path)
+    with pytest.raises(CheckpointError, match=message) as e:
+        read_audiocraft_lm(path)
+    assert "\n" not in str(e.value) and not marker.exists()
