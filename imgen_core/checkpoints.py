@@ -71,7 +71,7 @@ MAX_FRAMES = 3000  # position embeddings: 60 s at 50 frames/s (the released mode
 
 def brief(text, limit: int = 300) -> str:
     """Text from a file or a library, made safe to show: one line, at most `limit` characters,
-    and without torch's advice to load the file with weights_only=False (never do that here)."""
+    and without torch's advice to turn its weights-only safety off (never do that here)."""
     text = str(text)
     reason = re.search(r"WeightsUnpickler error: (.*)", text)
     if reason:
