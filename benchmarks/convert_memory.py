@@ -53,7 +53,7 @@ def write_checkpoint(path: Path, adapter_mb: float, extra_mb: float, dim: int = 
 
 CHILD = """
 import json, sys
-from imgen_core.checkpoints import convert_official
+from imgen_core.official_checkpoint import convert_official
 def status(field):
     for line in open('/proc/self/status'):
         if line.startswith(field):

@@ -69,7 +69,7 @@ def cmd_edit(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .checkpoints import convert_official
+    from .official_checkpoint import convert_official
     meta = convert_official(args.checkpoint, args.output, base_model=args.base_model, dialect=args.dialect,
                             stems=args.stems.split(",") if args.stems else None, overwrite=args.overwrite)
     print(f"wrote {args.output}: adapter for {meta['base_model']} ({meta['lm_layers']} layers), "

@@ -7,21 +7,14 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from . import instructions
 from .audio import SourceInfo, from_model_audio, to_model_audio
-from .build import is_official_checkpoint, load_instruct
-from .checkpoints import convert_official
 from .codec import Codec
-from .generate import generate
-from .hub import resolve_file
+from .loader import load_editor, pick_device, pick_dtype
 from .model import InstructMusicGen
 from .text import TextEncoder
 from .windows import edit_windowed
@@ -33,48 +26,6 @@ DEFAULT_ENCODEC = "facebook/encodec_32khz"
 # The released model was trained on 5 s crops: its position embeddings beyond 5 s are untrained.
 DEFAULT_WINDOW_SECONDS = 5.0
 DEFAULT_OVERLAP_SECONDS = 2.0
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("IMGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
-                                                          "instruct_musicgen")
-    return Path(root).expanduser()
-
-
-def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] | None = None) -> Path:
-    """The official checkpoint converted once to our safetensors adapter, cached by identity
-    (path, size, mtime) in the first writable of `folders` (default: the user cache). The
-    checkpoint itself is never modified. `progress(bytes, total)` while converting."""
-    ckpt = Path(ckpt)
-    st = ckpt.stat()
-    tag = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    candidates = list(folders or [cache_dir() / "adapters"])
-    for folder in candidates:
-        out = Path(folder) / f"{ckpt.stem}.{tag}.adapter.safetensors"
-        if out.exists():
-            return out
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            convert_official(ckpt, out, progress=progress)
-            return out
-        except OSError:  # read-only or not a folder: try the next one
-            continue
-    raise PermissionError(f"cannot write the converted adapter in any of {', '.join(map(str, candidates))}")
 
 
 class Editor:
@@ -104,23 +55,8 @@ class Editor:
         LoRA into the projections for faster inference (keep it apart to train further).
         `progress(stage, done, total)`: stage "converting" (bytes of the adapter written, first use
         of an official checkpoint only), then "loading" (parts loaded of 3: LM, T5, EnCodec)."""
-        report = progress or (lambda stage, done, total: None)
-        base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
-        adapter_file = _resolve_adapter(adapter, offline)
-        if is_official_checkpoint(adapter_file):
-            adapter_file = converted_adapter(adapter_file, progress=lambda d, t: report("converting", d, t))
-        report("loading", 0, 3)
-        model, meta = load_instruct(base_file, adapter_file)
-        if merge_lora:
-            model.merge_lora()
-        report("loading", 1, 3)
-        text_encoder = TextEncoder.from_pretrained(t5, offline)
-        report("loading", 2, 3)
-        codec = Codec.from_pretrained(encodec, offline)
-        report("loading", 3, 3)
-        stems = json.loads(meta["stems"]) if "stems" in meta else None
-        editor = cls(model, text_encoder, codec, dialect=meta.get("dialect", "slakh"), stems=stems)
-        return editor.to(device, dtype)
+        return load_editor(base, adapter, t5, encodec, device=device, dtype=dtype, offline=offline,
+                           merge_lora=merge_lora, progress=progress)
 
     def to(self, device: str = "auto", dtype: str = "auto") -> "Editor":
         dev = pick_device(device)
@@ -210,14 +146,3 @@ class Editor:
         codes, source = self.encode_source(wav, sample_rate)
         return self.decode_to(self.edit(codes, instruction, **kwargs), source, rate, channels)
 
-
-def _resolve_adapter(spec: str, offline: bool | None) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        for name in ("adapter.safetensors", "finetuned.ckpt"):
-            if (path / name).is_file():
-                return path / name
-        raise FileNotFoundError(f"Instruct-MusicGen adapter: no adapter.safetensors or finetuned.ckpt in {path}")
-    return resolve_file(spec, "finetuned.ckpt", "Instruct-MusicGen checkpoint", offline)

@@ -64,6 +64,13 @@ def lora_config(cfg: FusionConfig):
                       lora_alpha=cfg.lora_alpha, lora_dropout=0.0)
 
 
+def merged_lora_weight(base: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                       scaling: float) -> torch.Tensor:
+    """A projection with its LoRA folded in, W + scaling * B @ A (peft's merge), computed in fp32
+    whatever the weights' dtype, so that inference in fp16 rounds once."""
+    return base.float() + scaling * (lora_b.float() @ lora_a.float())
+
+
 def add_lora(lm: MusicGenLM, cfg: FusionConfig) -> MusicGenLM:
     """Wrap the cross-attention projections named in `cfg` with LoRA layers (B starts at zero)."""
     from peft import inject_adapter_in_model

@@ -18,7 +18,7 @@ def with_special_column(codes: torch.Tensor, special: int) -> torch.Tensor:
 class InstructMusicGen(nn.Module):
     """Without `fusion_cfg` this is plain MusicGen; with it, the Instruct-MusicGen editor."""
 
-    def __init__(self, lm_cfg: LMConfig, fusion_cfg: FusionConfig | None = None):
+    def __init__(self, lm_cfg: LMConfig, fusion_cfg: FusionConfig | None = None, lora: bool = True):
         super().__init__()
         self.lm_cfg = lm_cfg
         self.fusion_cfg = fusion_cfg
@@ -27,7 +27,8 @@ class InstructMusicGen(nn.Module):
         self.fusion = None
         if fusion_cfg is not None:
             self.fusion = AudioFusion(lm_cfg, fusion_cfg)
-            add_lora(self.lm, fusion_cfg)
+            if lora:  # without: the projections hold LoRA merged in (loaded that way for inference)
+                add_lora(self.lm, fusion_cfg)
 
     @property
     def device(self) -> torch.device:
@@ -92,7 +93,8 @@ class InstructMusicGen(nn.Module):
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything an adapter file holds: fusion parameters, LoRA, cross-attention q/k/v bases."""
-        if any(getattr(m, "merged", False) for m in self.lm.modules() if hasattr(m, "lora_A")):
+        lora = [m for m in self.lm.modules() if hasattr(m, "lora_A")]
+        if not lora or any(getattr(m, "merged", False) for m in lora):
             raise ValueError("LoRA is merged into the projections; call unmerge_lora() before saving an adapter")
         keep = ("fusion.", ".cross_attention.q_proj.", ".cross_attention.k_proj.", ".cross_attention.v_proj.")
         return {k: v for k, v in self.state_dict().items() if k.startswith(keep[0]) or any(s in k for s in keep[1:])}

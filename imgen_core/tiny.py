@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import adapter_metadata, write_audiocraft_lm, write_safetensors
+from .adapter_file import adapter_metadata, write_safetensors
+from .audiocraft_lm import write_audiocraft_lm
 from .codec import Codec
 from .config import FusionConfig, LMConfig
 from .editor import Editor

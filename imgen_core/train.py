@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoints import adapter_metadata, write_safetensors
+from .adapter_file import adapter_metadata, write_safetensors
 from .data import TripletDataset, read_songs
 from .instructions import OPERATIONS, default_stems
 
@@ -120,7 +120,7 @@ def collate(items: list[dict]) -> dict:
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, editor=None, log: Callable[[str], None] = print):
-        from .editor import Editor, pick_device
+        from .loader import load_editor, pick_device
         self.cfg, self.log = cfg, log
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -132,9 +132,12 @@ class Trainer:
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         torch.manual_seed(cfg.seed)  # LoRA's initial A matrices come from the global generator
         if editor is None:
-            editor = (Editor.from_pretrained(cfg.base, cfg.init_adapter, cfg.t5, cfg.encodec, device="cpu",
-                                             dtype="fp32", merge_lora=False)
-                      if cfg.init_adapter else self._fresh_editor())
+            editor = load_editor(cfg.base, cfg.init_adapter, cfg.t5, cfg.encodec, device="cpu", dtype="fp32",
+                                 merge_lora=False, new_adapter=None if cfg.init_adapter else self._new_adapter)
+            if not cfg.init_adapter:
+                with torch.no_grad():  # the official init: randn position embeddings, gates at zero
+                    editor.model.fusion.pos_emb.normal_(generator=torch.Generator().manual_seed(cfg.seed))
+                editor.dialect, editor.stems = cfg.dialect, tuple(cfg.classes)
         self.editor = editor
         self.model = self.editor.model.to(self.device).train()
         self.editor.text_encoder.to(self.device)
@@ -155,21 +158,9 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def _fresh_editor(self):
-        from .build import build_model
-        from .checkpoints import read_audiocraft_lm
-        from .codec import Codec
+    def _new_adapter(self, lm_cfg) -> "FusionConfig":
         from .config import FusionConfig
-        from .editor import Editor
-        from .hub import resolve_file
-        from .text import TextEncoder
-        lm_cfg, state = read_audiocraft_lm(resolve_file(self.cfg.base, "state_dict.bin", "base MusicGen LM"))
-        fusion = FusionConfig(num_layers=self.cfg.fusion_layers or lm_cfg.num_layers)
-        model = build_model(lm_cfg, state, fusion)
-        with torch.no_grad():  # the official init: randn position embeddings, gates at zero
-            model.fusion.pos_emb.normal_(generator=torch.Generator().manual_seed(self.cfg.seed))
-        return Editor(model, TextEncoder.from_pretrained(self.cfg.t5), Codec.from_pretrained(self.cfg.encodec),
-                      dialect=self.cfg.dialect, stems=self.cfg.classes)
+        return FusionConfig(num_layers=self.cfg.fusion_layers or lm_cfg.num_layers)
 
     @property
     def samples_per_step(self) -> int:
@@ -341,14 +332,15 @@ class Trainer:
 
     def resume(self, folder) -> int:
         """Continue from a `step_N` folder: adapter weights, optimizer, schedule, scaler, step."""
-        from .checkpoints import read_adapter
+        from .adapter_file import read_adapter
+        from .safe_pickle import safe_load
         folder = Path(folder)
         _, tensors, _ = read_adapter(folder / "adapter.safetensors")
         missing, unexpected = self.model.load_state_dict({k: v.to(self.device) for k, v in tensors.items()},
                                                          strict=False)
         if unexpected:
             raise ValueError(f"{folder}: adapter keys this model lacks: {unexpected[:8]}")
-        state = torch.load(folder / "trainer_state.pt", map_location=self.device, weights_only=True)
+        state = safe_load(folder / "trainer_state.pt", what="trainer state", mmap=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

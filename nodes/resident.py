@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..imgen_core.editor import Editor, cache_dir, converted_adapter, pick_dtype
-from ..imgen_core.build import is_official_checkpoint
+from ..imgen_core.editor import Editor
+from ..imgen_core.loader import cache_dir, load_editor, pick_dtype
 from . import comfy_glue
 
 _LOCK = threading.Lock()
@@ -44,14 +44,6 @@ class ResidentEditor:
         return self.editor
 
 
-def adapter_for(path: str, progress=None) -> str:
-    """Our safetensors adapter as is; the official checkpoint converted once, cached beside it
-    (or in the user cache when that folder is read-only). The checkpoint is never modified."""
-    if not is_official_checkpoint(path):
-        return path
-    return str(converted_adapter(path, [Path(path).parent, cache_dir() / "adapters"], progress))
-
-
 def _identity(path: str) -> tuple:
     p = Path(path)
     return (str(p.resolve()), p.stat().st_mtime_ns) if p.exists() else (path, 0)
@@ -69,10 +61,9 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
         if key in _LOADED:
             return _LOADED[key], False
         print(f"[Instruct-MusicGen] loading weights from {base} + {adapter}", flush=True)
-        converting = None if progress is None else (lambda done, total: progress("converting", done, total))
-        editor = Editor.from_pretrained(base, adapter_for(adapter, converting), t5, encodec, device="cpu",
-                                        dtype="fp32", progress=progress)
-        editor.model.to(dtype=torch_dtype)
+        # the official checkpoint is converted once, beside it (or in the user cache if read-only)
+        editor = load_editor(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype, progress=progress,
+                             convert_into=[Path(adapter).parent, cache_dir() / "adapters"])
         resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
                                   json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))
         _LOADED[key] = resident

@@ -26,6 +26,19 @@ def fixture(request):
 
 
 @pytest.fixture(scope="session")
+def load_fixture(tmp_path_factory):
+    """`load(path, base=None, **load_model options)` -> (model, metadata) from a fixture folder:
+    its base and its official checkpoint, converted once as the product does."""
+    folder = tmp_path_factory.mktemp("converted")
+
+    def load(path, base=None, **kwargs):
+        from imgen_core.loader import load_model, resolve_adapter
+        adapter = resolve_adapter(path / "instruct_checkpoint.ckpt", convert_into=[folder])
+        return load_model(base or path / "base_state_dict.bin", adapter, **kwargs)
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny_files(tmp_path_factory):
     from imgen_core.tiny import save_tiny
     return save_tiny(tmp_path_factory.mktemp("tiny_model"))

@@ -11,8 +11,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from imgen_core.build import load_instruct
-from imgen_core.checkpoints import CheckpointError, convert_official, read_official_checkpoint, safe_load
+from imgen_core.checkpoints import CheckpointError
+from imgen_core.loader import load_model
+from imgen_core.official_checkpoint import OFFICIAL_GLOBALS, convert_official, read_official_checkpoint
+from imgen_core.safe_pickle import safe_load
 from imgen_core.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,7 +78,7 @@ def test_corrupt_entry_inside_the_archive_is_refused(tmp_path, fixture):
 
 
 def _official_state(path):
-    return dict(safe_load(path / "instruct_checkpoint.ckpt", __import__("imgen_core.checkpoints").checkpoints.OFFICIAL_GLOBALS)["state_dict"])
+    return dict(safe_load(path / "instruct_checkpoint.ckpt", OFFICIAL_GLOBALS)["state_dict"])
 
 
 def test_missing_and_misshaped_keys_are_named(tmp_path, fixture):
@@ -98,14 +100,14 @@ def test_missing_and_misshaped_keys_are_named(tmp_path, fixture):
         read_official_checkpoint(bad)
 
 
-def test_base_with_missing_key_is_named(tmp_path, fixture):
+def test_base_with_missing_key_is_named(tmp_path, fixture, load_fixture):
     path, _ = fixture
     pkg = torch.load(path / "base_state_dict.bin", weights_only=True)
     del pkg["best_state"]["transformer.layers.0.linear1.weight"]
     bad = tmp_path / "state_dict.bin"
     torch.save(pkg, bad)
     with pytest.raises(CheckpointError, match=r"missing keys: lm\.transformer\.layers\.0\.linear1\.weight"):
-        load_instruct(bad, path / "instruct_checkpoint.ckpt")
+        load_fixture(path, base=bad)
 
 
 def test_adapter_for_another_base_is_refused(tmp_path, tiny_files):
@@ -113,7 +115,7 @@ def test_adapter_for_another_base_is_refused(tmp_path, tiny_files):
     if not src.is_dir():
         pytest.skip(f"fixture {src} not found")
     with pytest.raises(CheckpointError, match="made for an LM of 2 layers"):
-        load_instruct(src / "base_state_dict.bin", tiny_files["adapter"])
+        load_model(src / "base_state_dict.bin", tiny_files["adapter"])
 
 
 def test_convert_never_overwrites_and_keeps_the_input(tmp_path, fixture):
@@ -146,7 +148,7 @@ def test_conversion_streams(tmp_path):
 
 
 def test_official_checkpoint_is_converted_once_beside_it_or_in_the_next_folder(tmp_path, fixture):
-    from imgen_core.editor import converted_adapter
+    from imgen_core.loader import converted_adapter
     path, _ = fixture
     ckpt = tmp_path / "models" / "finetuned.ckpt"
     ckpt.parent.mkdir()
@@ -162,9 +164,9 @@ def test_official_checkpoint_is_converted_once_beside_it_or_in_the_next_folder(t
     assert converted_adapter(ckpt, [blocked / "sub", tmp_path / "cache"]).parent == tmp_path / "cache"
 
 
-def test_a_merged_model_refuses_to_save_its_adapter(fixture):
+def test_a_merged_model_refuses_to_save_its_adapter(fixture, load_fixture):
     path, _ = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     model.merge_lora()
     with pytest.raises(ValueError, match="unmerge_lora"):
         model.adapter_state_dict()
@@ -172,7 +174,7 @@ def test_a_merged_model_refuses_to_save_its_adapter(fixture):
 
 
 def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
-    from imgen_core.editor import converted_adapter
+    from imgen_core.loader import converted_adapter
     path, _ = fixture
     calls = []
     out = converted_adapter(path / "instruct_checkpoint.ckpt", [tmp_path], lambda done, total: calls.append((done, total)))
@@ -183,7 +185,7 @@ def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
 
 def _adapter_with_metadata(path, **meta):
     from safetensors.torch import save_file
-    from imgen_core.checkpoints import ADAPTER_FORMAT
+    from imgen_core.adapter_file import ADAPTER_FORMAT
     base = {"format": ADAPTER_FORMAT, "fusion": json.dumps({"num_layers": 2}), "lm_layers": "2", "lm_dim": "64"}
     save_file({}, str(path), metadata={**base, **meta})
     return path
@@ -200,7 +202,7 @@ def _adapter_with_metadata(path, **meta):
 ])
 def test_adapter_metadata_is_bounded_before_anything_is_built(tmp_path, meta, message):
     """Tiny files whose metadata asks for unbounded work or memory: one short line, at once."""
-    from imgen_core.checkpoints import read_adapter
+    from imgen_core.adapter_file import read_adapter
     path = _adapter_with_metadata(tmp_path / "hostile.safetensors", **meta)
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=message) as e:
@@ -291,7 +293,7 @@ def test_a_layer_index_far_beyond_any_model_is_refused_at_once(tmp_path):
     ("transformer_lm: 7", "unusable 'xp.cfg'"),
 ])
 def test_a_base_config_that_is_not_plain_yaml_is_one_line(tmp_path, cfg, message):
-    from imgen_core.checkpoints import read_audiocraft_lm
+    from imgen_core.audiocraft_lm import read_audiocraft_lm
     marker = tmp_path / "ran"
     path = tmp_path / "state_dict.bin"
     torch.save({"best_state": {}, "xp.cfg": cfg.replace("{marker}", str(marker)), "version": "1.3.0",

@@ -2,14 +2,13 @@
 import pytest
 import torch
 
-from imgen_core.build import load_instruct
 from imgen_core.generate import generate
 from imgen_core.tiny import TINY_LM, tiny_model
 
 
-def test_merged_lora_engine_reproduces_the_reference_greedy_tokens(fixture):
+def test_merged_lora_engine_reproduces_the_reference_greedy_tokens(fixture, load_fixture):
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     reference = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
     model.merge_lora()
     fast = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
@@ -49,9 +48,9 @@ def test_cuda_graph_request_without_cuda_is_a_clear_error():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_engines_reproduce_the_reference_greedy_tokens(fixture):
+def test_cuda_engines_reproduce_the_reference_greedy_tokens(fixture, load_fixture):
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     model = model.cuda().merge_lora()
     for mode in ("off", "on"):
         tokens = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1, cuda_graph=mode)

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from imgen_core.build import build_model, load_base
-from imgen_core.checkpoints import read_audiocraft_lm
+from imgen_core.loader import load_model
 from imgen_core.config import FusionConfig
 from imgen_core.generate import generate
 from imgen_core.tiny import TINY_LM, tiny_model
@@ -11,10 +10,10 @@ from imgen_core.tiny import TINY_LM, tiny_model
 
 def test_zero_gates_and_zero_lora_b_give_exactly_the_base_logits(fixture):
     path, ref = fixture
-    base = load_base(path / "base_state_dict.bin")
-    lm_cfg, state = read_audiocraft_lm(path / "base_state_dict.bin")
-    # fusion modules present, gates and LoRA B at zero, cross q/k/v from the base in_proj
-    fused = build_model(lm_cfg, state, FusionConfig(num_layers=lm_cfg.num_layers - 1))
+    base, _ = load_model(path / "base_state_dict.bin")
+    # a new adapter: fusion modules present, gates and LoRA B at zero, cross q/k/v from the base in_proj
+    fused, _ = load_model(path / "base_state_dict.bin",
+                          new_adapter=lambda lm_cfg: FusionConfig(num_layers=lm_cfg.num_layers - 1))
     with torch.no_grad():
         torch.nn.init.normal_(fused.fusion.pos_emb)
         for m in fused.fusion.merge_linear:

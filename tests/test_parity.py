@@ -1,8 +1,8 @@
 """Faithfulness: our model against the official implementation's outputs on both fixtures."""
 import torch
 
-from imgen_core.build import load_base, load_instruct
-from imgen_core.checkpoints import convert_official
+from imgen_core.loader import load_model
+from imgen_core.official_checkpoint import convert_official
 from imgen_core.generate import generate
 
 TOL = 1e-4
@@ -14,7 +14,7 @@ def max_diff(logits, mask, ref):
 
 def test_base_lm_logits_match_audiocraft(fixture):
     path, ref = fixture
-    model = load_base(path / "base_state_dict.bin")
+    model = load_model(path / "base_state_dict.bin")[0]
     with torch.no_grad():
         logits, mask = model(ref["target_codes"], None, ref["text_cond"])
         assert torch.equal(mask, ref["logits_mask"])
@@ -23,9 +23,9 @@ def test_base_lm_logits_match_audiocraft(fixture):
         assert max_diff(logits, mask, ref["b2_logits_base"]) < TOL
 
 
-def test_condition_stream_prefixes_match(fixture):
+def test_condition_stream_prefixes_match(fixture, load_fixture):
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     with torch.no_grad():
         prefixes = model.prefixes(ref["cond_codes"])
     assert len(prefixes) == len(ref["meta"]["gates"])
@@ -47,9 +47,9 @@ def _fused_checks(model, ref):
     assert torch.equal(tokens, ref["gen_tokens"])
 
 
-def test_fused_model_from_official_checkpoint(fixture):
+def test_fused_model_from_official_checkpoint(fixture, load_fixture):
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     _fused_checks(model, ref)
 
 
@@ -58,15 +58,15 @@ def test_fused_model_from_converted_adapter(fixture, tmp_path):
     adapter = tmp_path / "adapter.safetensors"
     meta = convert_official(path / "instruct_checkpoint.ckpt", adapter, base_model="tiny-fixture")
     assert meta["dialect"] == "slakh" and meta["base_model"] == "tiny-fixture"
-    model, loaded_meta = load_instruct(path / "base_state_dict.bin", adapter)
+    model, loaded_meta = load_model(path / "base_state_dict.bin", adapter)
     assert loaded_meta["stems"] == meta["stems"]
     _fused_checks(model, ref)
 
 
-def test_generation_step_logits_match(fixture):
+def test_generation_step_logits_match(fixture, load_fixture):
     """Every step's CFG logits, not only the argmax, follow the official decode loop."""
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     seen = []
     original = model.lm.forward
 
@@ -81,10 +81,10 @@ def test_generation_step_logits_match(fixture):
     assert (steps - ref["gen_step_logits"]).abs().max().item() < TOL
 
 
-def test_no_fusion_matches_official_with_fusion_off(fixture):
+def test_no_fusion_matches_official_with_fusion_off(fixture, load_fixture):
     """Gates 0 and LoRA off, keeping the checkpoint's own cross q/k/v: the official 'no fusion' logits."""
     path, ref = fixture
-    model, _ = load_instruct(path / "base_state_dict.bin", path / "instruct_checkpoint.ckpt")
+    model, _ = load_fixture(path)
     with torch.no_grad():
         model.fusion.gates.zero_()
         for name, p in model.named_parameters():

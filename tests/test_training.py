@@ -216,7 +216,7 @@ def test_resume_continues_from_the_exact_step_with_the_same_data(tmp_path, tiny_
 
 
 def test_training_learns_the_toy_task_and_the_adapter_loads(tmp_path, tiny_files, folders):
-    from imgen_core.build import load_instruct
+    from imgen_core.loader import load_model
     from imgen_core.train import TrainConfig, Trainer, token_accuracy
     cfg = TrainConfig.from_file(train_config(tmp_path, tiny_files, folders, steps=60, lr=5e-3, batch_size=4,
                                              grad_accum=1, save_every=1000, val_every=60, val_samples=1))
@@ -240,7 +240,7 @@ def test_training_learns_the_toy_task_and_the_adapter_loads(tmp_path, tiny_files
     assert after > before + 0.02, (before, after)
     assert {"loss_add", "loss_remove", "loss_extract"} & set(log_records(Path(cfg.out_dir))[-1])
     assert list((Path(cfg.out_dir) / "samples").rglob("*_edited.wav"))
-    model, meta = load_instruct(tiny_files["base"], Path(cfg.out_dir) / "adapter.safetensors")
+    model, meta = load_model(tiny_files["base"], Path(cfg.out_dir) / "adapter.safetensors")
     assert json.loads(meta["stems"]) == cfg.classes
     assert model.fusion.gates.abs().sum() > 0
 

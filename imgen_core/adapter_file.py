@@ -1,0 +1,173 @@
+"""Our adapter: a safetensors file with only what inference needs (fusion parameters, LoRA and
+the cross-attention q/k/v bases) and metadata that says what it fits. Written tensor by
+tensor, read tensor by tensor, so neither ever holds the whole file."""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from .checkpoints import CheckpointError, brief, check_finite, check_layout, check_sizes
+from .config import ConfigError, FusionConfig
+
+ADAPTER_FORMAT = "instruct-musicgen-adapter"
+ADAPTER_VERSION = "1"
+# A read holds the file's pages mapped until it closes; reopening after this many bytes keeps
+# that bounded (the large model's adapter is 3.4 GB).
+_BYTES_PER_OPEN = 256 * 1024 * 1024
+
+
+def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> dict[str, tuple]:
+    shapes = {"fusion.pos_emb": (fusion.num_layers + 1, fusion.max_frames + 1, dim),
+              "fusion.gates": (fusion.num_layers,)}
+    for i in range(fusion.num_layers):
+        shapes[f"fusion.merge_linear.{i}.weight"] = (dim, dim)
+    r = fusion.lora_rank
+    for i in range(lm_layers):
+        p = f"lm.transformer.layers.{i}.cross_attention."
+        for proj in ("q_proj", "k_proj", "v_proj"):
+            if proj in fusion.lora_targets:
+                shapes[p + f"{proj}.base_layer.weight"] = (dim, dim)
+                shapes[p + f"{proj}.lora_A.default.weight"] = (r, dim)
+                shapes[p + f"{proj}.lora_B.default.weight"] = (dim, r)
+            else:
+                shapes[p + f"{proj}.weight"] = (dim, dim)
+    return shapes
+
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32"}
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str, str],
+                      progress: Callable[[int, int], None] | None = None):
+    """Write a safetensors file one tensor at a time (peak memory: one tensor, not the file), to a
+    temporary name first so that a failure leaves nothing behind. `progress(bytes, total)`
+    after each tensor."""
+    path = Path(path)
+    header, offset = {"__metadata__": metadata}, 0
+    for name, t in tensors.items():
+        if t.dtype not in _DTYPES:
+            raise CheckpointError(f"cannot store {name} of dtype {t.dtype}")
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)))
+            f.write(blob)
+            done = 0
+            for t in tensors.values():
+                t = t.detach().contiguous()
+                if t.dtype == torch.bfloat16:
+                    t = t.view(torch.int16)
+                f.write(t.numpy().data.cast("B") if t.numel() else b"")
+                done += t.numel() * t.element_size()
+                if progress is not None:
+                    progress(done, offset)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_model: str,
+                     dialect: str, stems, source: str = "") -> dict[str, str]:
+    return {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base_model": base_model,
+            "dialect": dialect, "stems": json.dumps(list(stems)), "fusion": json.dumps(fusion.to_dict()),
+            "lm_layers": str(lm_layers), "lm_dim": str(lm_dim), "source": source}
+
+
+def adapter_sizes(meta: dict, path) -> tuple[FusionConfig, int, int]:
+    """The fusion config and LM sizes an adapter's metadata declares, bounded."""
+    if meta.get("format") != ADAPTER_FORMAT:
+        raise CheckpointError(f"{path} is not an Instruct-MusicGen adapter (metadata format="
+                              f"{brief(repr(meta.get('format')), 80)}); convert the official checkpoint with "
+                              f"`imgen convert`")
+    try:
+        fusion = FusionConfig.from_dict(json.loads(meta["fusion"]))
+        lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
+        raise CheckpointError(f"adapter {path} has unreadable metadata: {brief(e)}") from None
+    check_sizes(fusion, lm_layers, lm_dim, f"adapter {path}")
+    return fusion, lm_layers, lm_dim
+
+
+class AdapterFile:
+    """An adapter file, opened: its validated metadata and layout, and its tensors on demand.
+
+        adapter = AdapterFile(path)              # reads the header only, checks every shape
+        for name, tensor in adapter.tensors():   # one tensor at a time, each checked finite
+            ...
+    """
+
+    def __init__(self, path):
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"adapter not found: {self.path}")
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                self.meta = f.metadata() or {}
+                self.fusion, self.lm_layers, self.lm_dim = adapter_sizes(self.meta, self.path)
+                layout = {k: (tuple(f.get_slice(k).get_shape()), _torch_dtype(f.get_slice(k).get_dtype()))
+                          for k in f.keys()}
+        except CheckpointError:
+            raise
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"adapter {self.path} is truncated or corrupt: {brief(e)}") from None
+        check_layout(layout, expected_adapter_shapes(self.lm_layers, self.lm_dim, self.fusion), self.source)
+        self.names = sorted(layout)
+        self.nbytes = {k: _numel(layout[k][0]) * layout[k][1].itemsize for k in layout}
+
+    @property
+    def source(self) -> str:
+        return f"adapter {self.path}"
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) in name order, each read on its own and checked finite."""
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+        pending = list(self.names)
+        try:
+            while pending:
+                with safe_open(str(self.path), framework="pt") as f:
+                    budget = _BYTES_PER_OPEN
+                    while pending and (budget == _BYTES_PER_OPEN or budget >= self.nbytes[pending[0]]):
+                        name = pending.pop(0)
+                        budget -= self.nbytes[name]
+                        tensor = f.get_tensor(name)
+                        check_finite(name, tensor, self.source)
+                        yield name, tensor
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{self.source} is truncated or corrupt: {brief(e)}") from None
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    dtype = {v: k for k, v in _DTYPES.items()}.get(name) or {"BOOL": torch.bool, "U8": torch.uint8,
+                                                            "I8": torch.int8, "I16": torch.int16}.get(name)
+    if dtype is None:
+        raise ValueError(f"unsupported tensor type {brief(name, 20)}")
+    return dtype
+
+
+def read_adapter(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict[str, str]]:
+    """Our adapter file -> (fusion config, all its tensors, metadata), validated."""
+    adapter = AdapterFile(path)
+    return adapter.fusion, dict(adapter.tensors()), adapter.meta

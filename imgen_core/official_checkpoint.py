@@ -1,0 +1,126 @@
+"""The official Instruct-MusicGen checkpoint (`finetuned.ckpt`): a PyTorch Lightning checkpoint
+of the whole training module. Its pickle names a few classes besides tensors (the Instructor,
+`functools.partial`, AdamW, a scheduler); each is bound to an inert stand-in that only records
+what it is given. Only the adapter's tensors are taken from it."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .adapter_file import adapter_metadata, expected_adapter_shapes, write_safetensors
+from .checkpoints import CheckpointError, brief, check_sizes, check_tensors, refuse_hollow
+from .config import FusionConfig
+from .safe_pickle import safe_load
+
+# The globals that the official training code pickles besides tensors and plain containers.
+OFFICIAL_GLOBALS = (
+    "src.models.components.model.Instructor",
+    "functools.partial",
+    "torch.optim.adamw.AdamW",
+    "torch.optim.lr_scheduler.CosineAnnealingLR",
+    "torch.optim.lr_scheduler.LambdaLR",
+)
+
+_OFFICIAL_LM = "model.peft_model.lm.transformer.base_model.model."
+_OFFICIAL_CP = "model.cp_transformer."
+_CROSS = re.compile(r"layers\.(\d+)\.cross_attention\.((?:q|k|v)_proj\..*)")
+
+
+def is_official_checkpoint(path) -> bool:
+    """Whether an adapter path names the official checkpoint (a torch.save file) rather than ours
+    (safetensors): decided by the file name, as every reader here does."""
+    return Path(path).suffix.lower() in (".ckpt", ".pt", ".pth", ".bin")
+
+
+def official_adapter_tensors(state: dict) -> dict[str, torch.Tensor]:
+    """Pick and rename what inference needs from the official `state_dict`."""
+    out = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        if key.startswith(_OFFICIAL_CP):
+            rest = key[len(_OFFICIAL_CP):]
+            if rest in ("pos_emb", "gates") or rest.startswith("merge_linear."):
+                out["fusion." + rest] = value
+        elif key.startswith(_OFFICIAL_LM):
+            m = _CROSS.fullmatch(key[len(_OFFICIAL_LM):])
+            if m:
+                out[f"lm.transformer.layers.{m.group(1)}.cross_attention.{m.group(2)}"] = value
+    return out
+
+
+def fusion_config_of(tensors: dict[str, torch.Tensor], source: str, lora_alpha: int = 64) -> tuple[FusionConfig, int, int]:
+    """Infer (fusion config, LM layers, LM dim) from adapter tensors, bounded."""
+    for key in ("fusion.pos_emb", "fusion.gates"):
+        if key not in tensors:
+            raise CheckpointError(f"{source}: missing keys: {key} (not an Instruct-MusicGen checkpoint?)")
+    pos, gates = tensors["fusion.pos_emb"], tensors["fusion.gates"]
+    if pos.dim() != 3 or gates.dim() != 1:
+        raise CheckpointError(f"{source}: mis-shaped keys: fusion.pos_emb {list(pos.shape)} (expected 3 dims), "
+                              f"fusion.gates {list(gates.shape)} (expected 1)")
+    layers = {int(m.group(1)) for k in tensors if (m := re.match(r"lm\.transformer\.layers\.(\d+)\.", k))}
+    if not layers:
+        raise CheckpointError(f"{source}: missing keys: the cross-attention q/k/v and LoRA weights")
+    lora_a = [v for k, v in tensors.items() if k.endswith("lora_A.default.weight")]
+    rank = lora_a[0].shape[0] if lora_a else 32
+    targets = tuple(p for p in ("q_proj", "k_proj", "v_proj")
+                    if f"lm.transformer.layers.0.cross_attention.{p}.lora_A.default.weight" in tensors)
+    cfg = FusionConfig(num_layers=int(gates.shape[0]), max_frames=pos.shape[1] - 1,
+                       lora_rank=int(rank), lora_alpha=lora_alpha, lora_targets=targets or ("q_proj", "v_proj"))
+    check_sizes(cfg, max(layers) + 1, pos.shape[2], source)
+    return cfg, max(layers) + 1, pos.shape[2]
+
+
+def read_official_checkpoint(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict]:
+    """The official Lightning checkpoint -> (fusion config, adapter tensors, info). Memory-mapped:
+    the rest of the checkpoint (the whole LM, the optimizer state) is never read."""
+    ckpt = safe_load(path, OFFICIAL_GLOBALS, what="Instruct-MusicGen checkpoint")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no 'state_dict': not a Lightning checkpoint "
+                              f"(top-level keys: {brief(sorted(map(str, ckpt))[:8], 200)})")
+    tensors = official_adapter_tensors(state)
+    refuse_hollow(tensors, str(path))
+    fusion, lm_layers, dim = fusion_config_of(tensors, str(path))
+    hp = _instructor_kwargs(ckpt)
+    if "num_layers" in hp and hp["num_layers"] != fusion.num_layers:
+        raise CheckpointError(f"{path}: hyper-parameters say num_layers={brief(hp['num_layers'], 40)} but the "
+                              f"weights hold {fusion.num_layers} gates")
+    check_tensors(tensors, expected_adapter_shapes(lm_layers, dim, fusion), str(path))
+    info = {"lm_layers": lm_layers, "lm_dim": dim, "hyper_parameters": hp,
+            "global_step": ckpt.get("global_step")}
+    return fusion, tensors, info
+
+
+def _instructor_kwargs(ckpt: dict) -> dict:
+    """`sec`, `num_layers`, ... from the pickled `functools.partial(Instructor, ...)`, if present."""
+    hyper = ckpt.get("hyper_parameters")
+    partial = hyper.get("instructor") if isinstance(hyper, dict) else None
+    state = getattr(partial, "state", None)
+    if isinstance(state, tuple) and len(state) >= 3 and isinstance(state[2], dict):
+        return {k: v for k, v in state[2].items() if isinstance(v, (int, float, str, bool))}
+    return {}
+
+
+def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dialect: str = "slakh",
+                     stems=None, overwrite: bool = False,
+                     progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
+    """Official `finetuned.ckpt` -> compact safetensors adapter. Returns the metadata written.
+    `progress(bytes written, total)` as the adapter is written."""
+    from .instructions import default_stems
+    dst = Path(dst)
+    if Path(src).resolve() == dst.resolve():
+        raise CheckpointError("the output path is the input checkpoint; choose another name")
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+    if not dst.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
+    stems = list(stems) if stems else default_stems(dialect)
+    fusion, tensors, info = read_official_checkpoint(src)
+    meta = adapter_metadata(fusion, info["lm_layers"], info["lm_dim"], base_model, dialect, stems,
+                            source=Path(src).name)
+    write_safetensors(tensors, dst, meta, progress)
+    return meta
