@@ -4,9 +4,7 @@ tensor, read tensor by tensor, so neither ever holds the whole file."""
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -14,12 +12,16 @@ import torch
 
 from .checkpoints import CheckpointError, brief, check_finite, check_layout, check_sizes
 from .config import ConfigError, FusionConfig
+from .files import replacing
 
 ADAPTER_FORMAT = "instruct-musicgen-adapter"
 ADAPTER_VERSION = "1"
 # A read holds the file's pages mapped until it closes; reopening after this many bytes keeps
-# that bounded (the large model's adapter is 3.4 GB).
-_BYTES_PER_OPEN = 256 * 1024 * 1024
+# that bounded (the large model's adapter is 3.4 GB; reopening costs a header parse, about 1 ms).
+_BYTES_PER_OPEN = 64 * 1024 * 1024
+# The header (names, shapes, metadata) of the large model's adapter is about 0.2 MB; the format
+# allows 100 MB, which would take several times that in memory to parse.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> dict[str, tuple]:
@@ -59,24 +61,18 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            done = 0
-            for t in tensors.values():
-                t = t.detach().contiguous()
-                if t.dtype == torch.bfloat16:
-                    t = t.view(torch.int16)
-                f.write(t.numpy().data.cast("B") if t.numel() else b"")
-                done += t.numel() * t.element_size()
-                if progress is not None:
-                    progress(done, offset)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        done = 0
+        for t in tensors.values():
+            t = t.detach().contiguous()
+            if t.dtype == torch.bfloat16:
+                t = t.view(torch.int16)
+            f.write(t.numpy().data.cast("B") if t.numel() else b"")
+            done += t.numel() * t.element_size()
+            if progress is not None:
+                progress(done, offset)
 
 
 def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_model: str,
@@ -115,6 +111,12 @@ class AdapterFile:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"adapter not found: {self.path}")
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+        header = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+        if header is not None and header > MAX_HEADER_BYTES:
+            raise CheckpointError(f"adapter {self.path}: its header is {header} bytes; at most {MAX_HEADER_BYTES} "
+                                  f"are read (a real adapter's is well under 1 MB)")
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 self.meta = f.metadata() or {}

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import replacing
+
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this there is nothing to edit
 
 
@@ -26,11 +28,28 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
     if not path.is_file():
         raise FileNotFoundError(f"audio file not found: {path}")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            # the header's claim sizes the read: bound it before anything is allocated
+            if not 0 < f.channels <= MAX_CHANNELS or f.frames * f.channels > MAX_VALUES:
+                raise AudioError(
+                    f"{path.name}: its header declares {f.frames} frames x {f.channels} channels; at most "
+                    f"{MAX_CHANNELS} channels and {MAX_VALUES} samples in all are read (about {_minutes()} "
+                    f"minutes of 48 kHz stereo): cut the file into parts")
+            data = f.read(frames=f.frames, dtype="float32", always_2d=True)
+            sr = f.samplerate
     except (RuntimeError, TypeError) as e:  # libsndfile errors are RuntimeErrors
         raise AudioError(f"cannot decode {path} as audio ({e}); readable formats: "
                          f"{', '.join(sorted(sf.available_formats()))}") from None
     return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+
+
+# 2**28 float32 samples are 1 GB: far more than any edit needs at once, and bounded.
+MAX_VALUES = 2 ** 28
+MAX_CHANNELS = 64
+
+
+def _minutes() -> int:
+    return MAX_VALUES // (48_000 * 2 * 60)
 
 
 def as_float(wav) -> torch.Tensor:
@@ -150,8 +169,6 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     """Write [C, T] (or [T]) as 16-bit WAV/FLAC (by extension); never replaces a file unless asked.
     The data goes to a new temporary file in the same folder (created afresh, so no planted link
     is followed), renamed into place when complete and removed if anything fails."""
-    import tempfile
-
     import soundfile as sf
     path = Path(path)
     if path.exists() and not overwrite:
@@ -166,11 +183,5 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     if fmt is None:
         raise AudioError(f"unsupported output extension {path.suffix!r}; use .wav, .flac or .ogg")
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replacing(path) as f:
+        sf.write(f, data, sample_rate, format=fmt, subtype=subtype)

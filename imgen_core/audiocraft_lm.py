@@ -14,10 +14,18 @@ from .safe_pickle import safe_load
 TEXT_PROJ_PREFIX = "condition_provider.conditioners.description.output_proj."
 
 
-def read_audiocraft_lm(path) -> tuple[LMConfig, dict[str, torch.Tensor]]:
-    """An audiocraft `state_dict.bin` -> (config, state dict in our model's names). Each tensor is
-    in its own memory, so dropping one frees it (the loader converts them one at a time)."""
-    pkg = safe_load(path, what="MusicGen LM checkpoint", mmap=False)
+def read_audiocraft_lm(path, dtype: torch.dtype | None = None) -> tuple[LMConfig, dict[str, torch.Tensor]]:
+    """An audiocraft `state_dict.bin` -> (config, state dict in our model's names).
+
+    `dtype`: the one the weights will take. When the file holds every weight in it already, the
+    tensors stay memory-mapped: read when used, never copied, and the parts the adapter replaces
+    never read. Otherwise each tensor is read into its own memory, so that the loader frees it
+    as soon as it has converted it."""
+    pkg = safe_load(path, what="MusicGen LM checkpoint", mmap=True)
+    best = pkg.get("best_state")
+    if isinstance(best, dict) and any(isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != dtype
+                                      for t in best.values()):
+        pkg = safe_load(path, what="MusicGen LM checkpoint", mmap=False)
     if "best_state" not in pkg or "xp.cfg" not in pkg:
         raise CheckpointError(f"{path} is not an audiocraft MusicGen LM export: expected keys "
                               f"'best_state' and 'xp.cfg', found {brief(sorted(map(str, pkg))[:8], 200)}")

@@ -106,7 +106,7 @@ def check_finite(name: str, tensor: torch.Tensor, source: str):
         raise CheckpointError(f"{source}: non-finite values (NaN or inf) in {name}")
 
 
-def _some(items, n=12) -> str:
+def _some(items, n=4) -> str:
     items = list(items)
     shown = ", ".join(items[:n])
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")

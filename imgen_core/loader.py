@@ -101,7 +101,7 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     projections, in fp32, before the weights take their dtype (inference)."""
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
-    lm_cfg, base_state = read_audiocraft_lm(base)
+    lm_cfg, base_state = read_audiocraft_lm(base, dtype)
     source = f"base checkpoint {base}"
     opened = AdapterFile(adapter) if adapter is not None else None
     fusion_cfg = opened.fusion if opened is not None else new_adapter(lm_cfg) if new_adapter else None

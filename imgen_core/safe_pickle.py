@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 import zipfile
 from pathlib import Path
 
@@ -106,6 +107,16 @@ _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHOR
                "STRING"}
 
 
+def _python3_name(module: str, name: str = "") -> str:
+    """The name the unpickler will look up: protocol 2 writes Python 2 names (`__builtin__`), which
+    it maps as `pickle` does."""
+    if (module, name) in NAME_MAPPING:
+        module, name = NAME_MAPPING[(module, name)]
+    elif module in IMPORT_MAPPING:
+        module = IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
 def _check_globals(data: bytes, allowed: set[str], path: Path, what: str):
     """Every global a pickle names must be in `allowed`; checked by reading the opcodes, before
     anything is unpickled."""
@@ -113,9 +124,9 @@ def _check_globals(data: bytes, allowed: set[str], path: Path, what: str):
     try:
         for op, arg, _ in pickletools.genops(data):
             if op.name in ("GLOBAL", "INST"):
-                name = ".".join(str(arg).split(" ", 1))
+                name = _python3_name(*str(arg).split(" ", 1))
             elif op.name == "STACK_GLOBAL":
-                name = ".".join(recent[-2:]) if len(recent) >= 2 else "<computed name>"
+                name = _python3_name(*recent[-2:]) if len(recent) >= 2 else "<computed name>"
             elif op.name in ("EXT1", "EXT2", "EXT4"):
                 name = f"<extension code {arg}>"
             else:

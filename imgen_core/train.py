@@ -23,6 +23,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .adapter_file import adapter_metadata, write_safetensors
+from .config import FusionConfig, LMConfig
+from .files import append_line, replacing
 from .data import TripletDataset, read_songs
 from .instructions import OPERATIONS, default_stems
 
@@ -158,8 +160,7 @@ class Trainer:
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
 
-    def _new_adapter(self, lm_cfg) -> "FusionConfig":
-        from .config import FusionConfig
+    def _new_adapter(self, lm_cfg: LMConfig) -> FusionConfig:
         return FusionConfig(num_layers=self.cfg.fusion_layers or lm_cfg.num_layers)
 
     @property
@@ -272,8 +273,7 @@ class Trainer:
             record = self.train_step()
             if self.rank == 0 and (self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps):
                 record["seconds"] = round(time.perf_counter() - start, 2)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                append_line(log_path, json.dumps(record))
                 self.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             if self.step % self.cfg.save_every == 0 or self.step == self.cfg.steps:
                 self.save_checkpoint()
@@ -287,8 +287,7 @@ class Trainer:
                 raise RuntimeError("the ranks' trainable parameters diverged; the adapter was not written")
             self.log(f"trainable parameters identical on all {self.world} ranks")
             if self.rank == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": self.step, "ranks_agree": True, "world_size": self.world}) + "\n")
+                append_line(log_path, json.dumps({"step": self.step, "ranks_agree": True, "world_size": self.world}))
         if self.rank == 0:
             self.save_adapter(self.out / "adapter.safetensors")
         return record
@@ -326,9 +325,8 @@ class Trainer:
         state = {"step": self.step, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                  "config": json.dumps(asdict(self.cfg))}
-        tmp = folder / "trainer_state.pt.part"
-        torch.save(state, tmp)
-        os.replace(tmp, folder / "trainer_state.pt")
+        with replacing(folder / "trainer_state.pt") as f:
+            torch.save(state, f)
 
     def resume(self, folder) -> int:
         """Continue from a `step_N` folder: adapter weights, optimizer, schedule, scaler, step."""
@@ -381,18 +379,19 @@ class CodeCache:
         path = self.path(index)
         if not path.is_file():
             return None
+        from .checkpoints import CheckpointError
+        from .safe_pickle import safe_load
         try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - a torn or corrupt entry is simply recomputed
+            return safe_load(path, what="cached tokens", mmap=False)
+        except (CheckpointError, OSError):  # a torn or corrupt entry is simply recomputed
             return None
 
     def put(self, index: int, item: dict):
         path = self.path(index)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        torch.save({"cond": item["cond"].to(torch.int16).cpu(), "target": item["target"].to(torch.int16).cpu(),
-                    "text": item["text"], "operation": item["operation"]}, tmp)
-        os.replace(tmp, path)
+        with replacing(path) as f:
+            torch.save({"cond": item["cond"].to(torch.int16).cpu(), "target": item["target"].to(torch.int16).cpu(),
+                        "text": item["text"], "operation": item["operation"]}, f)
 
 
 class _null:

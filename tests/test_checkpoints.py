@@ -301,3 +301,38 @@ def test_a_base_config_that_is_not_plain_yaml_is_one_line(tmp_path, cfg, message
     with pytest.raises(CheckpointError, match=message) as e:
         read_audiocraft_lm(path)
     assert "\n" not in str(e.value) and not marker.exists()
+
+
+def test_a_base_declaring_a_huge_model_is_checked_before_anything_is_allocated(tmp_path, tiny_files):
+    """256 layers of width 8192 (232 billion parameters) declared by a file of tiny weights: the
+    model is only sized on the meta device, and the weights' shapes refuse it at once."""
+    from test_hostile_files import resized
+    pkg = torch.load(tiny_files["base"], weights_only=True)
+    resized(dim=8192, num_layers=256, num_heads=64)(pkg)
+    path = tmp_path / "state_dict.bin"
+    torch.save(pkg, path)
+    start = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"mis-shaped keys: lm\.emb\.0\.weight \[65, 64\] \(expected \[65, 8192\]\)"):
+        load_model(path)
+    assert time.perf_counter() - start < 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("merge", [False, True])
+def test_weights_are_loaded_straight_into_their_dtype(fixture, load_fixture, dtype, merge):
+    """Every parameter materialised (none left on the meta device) in the dtype asked for, and the
+    model the same as the fp32 one rounded (LoRA merged in fp32 first)."""
+    path, ref = fixture
+    model, _ = load_fixture(path, dtype=dtype, merge_lora=merge)
+    reference, _ = load_fixture(path)
+    if merge:
+        reference.merge_lora()
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    theirs = {k.replace(".base_layer.weight", ".weight") if merge else k: v
+              for k, v in reference.state_dict().items() if not (merge and ".lora_" in k)}
+    ours = model.state_dict()
+    assert set(ours) == set(theirs)
+    tolerance = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-2}[dtype]
+    for key, value in ours.items():
+        assert torch.allclose(value.float(), theirs[key].to(dtype).float(), rtol=tolerance, atol=1e-6), key

@@ -133,3 +133,17 @@ def test_console_script_is_installed():
     cmd = [exe] if exe else [sys.executable, "-m", "imgen_core.cli"]
     out = subprocess.run(cmd + ["--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "edit" in out.stdout and "convert" in out.stdout and "demo" in out.stdout
+
+
+def test_written_files_get_the_usual_permissions_and_logs_refuse_links(tmp_path):
+    from imgen_core.files import _UMASK, append_line, replacing
+    write_audio(tmp_path / "out.wav", torch.zeros(1, 320), 32000)
+    with replacing(tmp_path / "state.pt") as f:
+        f.write(b"x")
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~_UMASK}  # not mkstemp's 0600
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (tmp_path / "log.jsonl").symlink_to(victim)
+    with pytest.raises(FileExistsError, match="symbolic link"):
+        append_line(tmp_path / "log.jsonl", "{}")
+    assert victim.read_text() == "keep me"
