@@ -19,7 +19,7 @@ import torch
 
 from .adapter_file import AdapterFile
 from .audiocraft_lm import read_audiocraft_lm
-from .checkpoints import CheckpointError, check_tensors
+from .checkpoints import CheckpointError, brief, check_tensors
 from .config import FusionConfig, LMConfig
 from .fusion import merged_lora_weight
 from .hub import resolve_file
@@ -97,8 +97,8 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
 
     `base`: an audiocraft `state_dict.bin`. `adapter`: our adapter file (see `resolve_adapter`
     for the official checkpoint), or None for plain MusicGen, or None with `new_adapter` (the LM
-    config -> the fusion config) for fresh fusion and LoRA weights to train. `merge_lora` folds LoRA into the
-    projections, in fp32, before the weights take their dtype (inference)."""
+    config -> the fusion config) for fresh fusion and LoRA weights to train. `merge_lora` folds
+    LoRA into the projections, in fp32, before the weights take their dtype (inference)."""
     device = pick_device(device)
     dtype = pick_dtype(dtype, device)
     lm_cfg, base_state = read_audiocraft_lm(base, dtype)
@@ -125,9 +125,10 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     fresh = [k for k in missing if k.startswith("fusion.") or ".lora_" in k]
     if unexpected or len(fresh) != len(missing) or (fresh and new_adapter is None):
-        raise CheckpointError(f"{source}: missing keys: {missing[:12]}; unexpected keys: {unexpected[:12]}")
+        raise CheckpointError(f"{source}: missing keys: {brief(missing, 200)}; unexpected keys: "
+                              f"{brief(unexpected, 200)}")
     if fresh:
-        _initialise_new_adapter(model, device)
+        _initialise_new_adapter(model, device, dtype)
     return model.eval().requires_grad_(False), (opened.meta if opened is not None else {})
 
 
@@ -165,7 +166,7 @@ def _adapter_state(adapter: AdapterFile, dtype, device, merge: bool) -> dict:
     return out
 
 
-def _initialise_new_adapter(model: InstructMusicGen, device: torch.device):
+def _initialise_new_adapter(model: InstructMusicGen, device: torch.device, dtype: torch.dtype):
     """Fusion and LoRA weights that no file provides (a new adapter to train): gates and
     position embeddings at zero (the trainer draws the latter), the merge projections and LoRA
     as their modules initialise them (LoRA B at zero, so the model starts as plain MusicGen)."""
@@ -180,6 +181,9 @@ def _initialise_new_adapter(model: InstructMusicGen, device: torch.device):
             module.lora_A.to_empty(device=device)
             module.lora_B.to_empty(device=device)
             module.reset_lora_parameters("default", True)
+            module.lora_A.to(dtype)
+            module.lora_B.to(dtype)
+    fusion.to(dtype)
 
 
 def _split_cross_in_proj(state: dict, model: InstructMusicGen) -> dict:
