@@ -21,8 +21,26 @@ class AudioError(ValueError):
     """Audio that cannot be edited; the message says why and what is accepted."""
 
 
-def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
-    """A file -> (float32 waveform [channels, samples], sample rate). The file is only read."""
+@dataclass
+class Recording:
+    """An audio file as read: float samples [C, T] for processing, and the samples as stored
+    (`native`, [T, C], int16 / int32 / float32 / float64) so that what is not changed can be
+    written back bit for bit, in the file's `subtype` (libsndfile's name, e.g. PCM_16)."""
+
+    wav: torch.Tensor
+    sample_rate: int
+    subtype: str
+    native: np.ndarray
+
+
+# How each stored sample type is read exactly: the numpy type, and the scale to [-1, 1).
+_NATIVE = {"PCM_S8": (np.int16, 2 ** 15), "PCM_U8": (np.int16, 2 ** 15), "PCM_16": (np.int16, 2 ** 15),
+           "PCM_24": (np.int32, 2 ** 31), "PCM_32": (np.int32, 2 ** 31),
+           "FLOAT": (np.float32, 1), "DOUBLE": (np.float64, 1)}
+
+
+def read_recording(path: str | os.PathLike) -> Recording:
+    """A file -> its samples, exactly as stored and as float32. The file is only read."""
     import soundfile as sf
     path = Path(path)
     if not path.is_file():
@@ -35,12 +53,20 @@ def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
                     f"{path.name}: its header declares {f.frames} frames x {f.channels} channels; at most "
                     f"{MAX_CHANNELS} channels and {MAX_VALUES} samples in all are read (about {_minutes()} "
                     f"minutes of 48 kHz stereo): cut the file into parts")
-            data = f.read(frames=f.frames, dtype="float32", always_2d=True)
-            sr = f.samplerate
+            kind, scale = _NATIVE.get(f.subtype, (np.float32, 1))
+            native = f.read(frames=f.frames, dtype=np.dtype(kind).name, always_2d=True)
+            sr, subtype = f.samplerate, f.subtype
     except (RuntimeError, TypeError) as e:  # libsndfile errors are RuntimeErrors
         raise AudioError(f"cannot decode {path} as audio ({e}); readable formats: "
                          f"{', '.join(sorted(sf.available_formats()))}") from None
-    return torch.from_numpy(np.ascontiguousarray(data.T)), int(sr)
+    wav = torch.from_numpy(np.ascontiguousarray(native.T)).float() / scale
+    return Recording(wav, int(sr), subtype, native)
+
+
+def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
+    """A file -> (float32 waveform [channels, samples], sample rate). The file is only read."""
+    rec = read_recording(path)
+    return rec.wav, rec.sample_rate
 
 
 # 2**28 float32 samples are 1 GB: far more than any edit needs at once, and bounded.
@@ -165,10 +191,13 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False):
-    """Write [C, T] (or [T]) as 16-bit WAV/FLAC (by extension); never replaces a file unless asked.
-    The data goes to a new temporary file in the same folder (created afresh, so no planted link
-    is followed), renamed into place when complete and removed if anything fails."""
+def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False,
+                like: Recording | None = None):
+    """Write [C, T] (or [T]) as WAV, FLAC or OGG (by extension); never replaces a file unless asked.
+    16-bit by default; with `like` (the input as read), in its sample type when the format allows
+    it, and every sample whose value is the input's (same rate, channels and position) is written
+    exactly as the input stored it. Written through `files.replacing` (a fresh temporary file,
+    renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
     if path.exists() and not overwrite:
@@ -178,10 +207,22 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     wav = wav.detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]
-    data = wav.clamp(-1, 1).numpy().T
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"unsupported output extension {path.suffix!r}; use .wav, .flac or .ogg")
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
+    data = wav.clamp(-1, 1).numpy().T
+    if like is not None and like.subtype in _NATIVE and sf.check_format(fmt, like.subtype):
+        subtype = like.subtype
+        kind, scale = _NATIVE[subtype]
+        values = wav.numpy().T
+        if np.issubdtype(kind, np.integer):
+            info = np.iinfo(kind)
+            data = np.clip(np.round(values.astype(np.float64) * scale), info.min, info.max).astype(kind)
+        else:
+            data = values.astype(kind)
+        if sample_rate == like.sample_rate and like.native.shape == data.shape:
+            same = values == like.wav.numpy().T  # untouched samples: the stored values, bit for bit
+            data[same] = like.native[same]
     with replacing(path) as f:
         sf.write(f, data, sample_rate, format=fmt, subtype=subtype)

@@ -41,8 +41,9 @@ def _add_generation_args(p: argparse.ArgumentParser):
 
 
 def cmd_edit(args) -> int:
-    from .audio import is_same_file, read_audio, write_audio
-    from .editor import Editor
+    from .audio import is_same_file, read_recording, write_audio
+    from .editor import Editor, check_output_form, check_range, resolve_render
+    from .instructions import operation_of
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
         raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
     out = Path(args.output)
@@ -51,18 +52,25 @@ def cmd_edit(args) -> int:
                               f"replaced, not even with --overwrite)")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    wav, sr = read_audio(args.input)
+    rec = read_recording(args.input)
+    rate = args.rate if args.rate in (None, "model", "input") else int(args.rate)
+    ranged = args.start is not None or args.end is not None
+    if ranged:
+        check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, args.device, args.dtype,
                                     offline=True if args.offline else None)
     text = editor.instruction(args.op, args.stem, args.instruction)
-    print(f"instruction: {text!r}", file=sys.stderr)
+    mode = resolve_render(args.render, [operation_of(text)])
+    check_output_form(mode, ranged, rate, args.channels, rec.sample_rate)
+    print(f"instruction: {text!r}; render: {mode}", file=sys.stderr)
     start = time.perf_counter()
-    rate = args.rate if args.rate in ("model", "input") else int(args.rate)
-    result, out_rate = editor.edit_audio(wav, sr, text, rate=rate, channels=args.channels, seed=args.seed,
+    result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, render=args.render, start=args.start,
+                                         end=args.end, fade=args.fade, rate=rate, channels=args.channels,
+                                         seed=args.seed,
                                          guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
                                          temperature=args.temperature, window_seconds=args.window,
                                          overlap_seconds=args.overlap, progress=_progress_bar("editing"))
-    write_audio(out, result[0], out_rate, overwrite=args.overwrite)
+    write_audio(out, result[0], out_rate, overwrite=args.overwrite, like=rec)
     print(f"wrote {out} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
           f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     return 0
@@ -149,9 +157,20 @@ def parser() -> argparse.ArgumentParser:
                        description="Edit a song of any length: add, remove or extract a stem.")
     e.add_argument("input", help="input audio file (wav, flac, ogg, ...; any rate and channel count)")
     e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg)")
-    e.add_argument("--rate", default="model", help="output sample rate: model (32000, default), input, or Hz")
-    e.add_argument("--channels", default="input", choices=["input", "mono"],
-                   help="input: the mono result on each of the input's channels (default); mono: one channel")
+    e.add_argument("--render", default="auto", choices=["auto", "preserve", "model"],
+                   help="preserve: the edit applied to the original at its own rate and channels, all it did not "
+                   "ask to change kept (default for add, remove, extract); model: the model's 32 kHz mono output "
+                   "(default for a free-text instruction)")
+    e.add_argument("--start", type=float, help="edit only from this second on (default: the start)")
+    e.add_argument("--end", type=float, help="edit only up to this second (default: the end); outside the range "
+                   "and its fades every sample is the input's")
+    e.add_argument("--fade", type=float, default=0.05, help="seconds of cross-fade at each end of the range "
+                   "(default 0.05)")
+    e.add_argument("--rate", help="with --render model over the whole song: output sample rate, model (32000, "
+                   "default), input, or Hz")
+    e.add_argument("--channels", choices=["input", "mono"],
+                   help="with --render model over the whole song: input: the mono result on each of the input's "
+                   "channels (default); mono: one channel")
     e.add_argument("--op", choices=instructions.OPERATIONS, help="edit operation")
     e.add_argument("--stem", help="stem to act on (e.g. drums, bass, piano, guitar for the Slakh checkpoint)")
     e.add_argument("--instruction", help="free-text instruction instead of --op/--stem (advanced)")

@@ -1,6 +1,8 @@
 """Edit instructions: (operation, stem) rendered in the template a checkpoint was trained with."""
 from __future__ import annotations
 
+import re
+
 OPERATIONS = ("add", "remove", "extract")
 
 # Slakh2100 checkpoints: "Music piece. Instruct: Add Drums." / "No Drums." / "Only Drums."
@@ -56,3 +58,13 @@ def free_text(text: str) -> str:
     if not text:
         raise InstructionError("the instruction text is empty")
     return text
+
+
+def operation_of(text: str) -> str | None:
+    """The operation a templated instruction asks for (add, remove, extract), None for free text."""
+    text = " ".join(str(text).split())
+    for d in DIALECTS.values():
+        for op, template in d["templates"].items():
+            if re.fullmatch(re.escape(template).replace(re.escape("{}"), ".+"), text):
+                return op
+    return None

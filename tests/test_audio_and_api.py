@@ -43,9 +43,13 @@ def test_integer_samples_are_scaled():
 def test_edit_audio_keeps_the_duration_and_is_finite(tiny_editor):
     text = tiny_editor.instruction("extract", "bass")
     out, rate = tiny_editor.edit_audio(tone(1.3, sr=48000, channels=2), 48000, text, seed=0)
-    assert rate == 32000 and out.shape == (1, 2, round(1.3 * 32000))  # default: mono result on each channel
+    assert rate == 48000 and out.shape == (1, 2, round(1.3 * 48000))  # default (preserve): the input's form
+    assert torch.isfinite(out).all()
+    out, rate = tiny_editor.edit_audio(tone(1.3, sr=48000, channels=2), 48000, text, render="model", seed=0)
+    assert rate == 32000 and out.shape == (1, 2, round(1.3 * 32000))  # model: mono result on each channel
     assert torch.equal(out[:, 0], out[:, 1]) and torch.isfinite(out).all()
-    out, rate = tiny_editor.edit_audio(tone(1.3, sr=48000, channels=2), 48000, text, rate="input", channels="mono")
+    out, rate = tiny_editor.edit_audio(tone(1.3, sr=48000, channels=2), 48000, text, render="model", rate="input",
+                                       channels="mono")
     assert rate == 48000 and out.shape == (1, 1, round(1.3 * 48000))
 
 

@@ -56,15 +56,20 @@ def test_cli_edit_with_tiny_model(tmp_path, tiny_files, stereo_wav):
     assert main(["edit", str(stereo_wav), "--op", "remove", "--stem", "drums", "-o", str(out), "--seed", "4",
                  *tiny_args(tiny_files)]) == 0
     info = sf.info(str(out))
-    assert (info.samplerate, info.channels, info.frames) == (32000, 2, 64000)  # input's channels, model rate
+    assert (info.samplerate, info.channels, info.frames) == (44100, 2, 88200)  # preserve: the input's form
     data, _ = sf.read(str(out))
     assert math.isfinite(float(abs(data).max()))
     assert stereo_wav.read_bytes() == before  # the input is never modified
     out2 = tmp_path / "free.wav"
     assert main(["edit", str(stereo_wav), "--instruction", "Music piece. Instruct: Only Bass.", "-o", str(out2),
-                 "--rate", "input", "--channels", "mono", *tiny_args(tiny_files)]) == 0
+                 "--render", "model", "--rate", "input", "--channels", "mono", *tiny_args(tiny_files)]) == 0
     info = sf.info(str(out2))
     assert (info.samplerate, info.channels, info.frames) == (44100, 1, 88200)
+    out3 = tmp_path / "model.wav"
+    assert main(["edit", str(stereo_wav), "--instruction", "make it jazzy", "-o", str(out3),
+                 *tiny_args(tiny_files)]) == 0  # free text: the model's output, at 32 kHz by default
+    info = sf.info(str(out3))
+    assert (info.samplerate, info.channels, info.frames) == (32000, 2, 64000)
 
 
 def test_cli_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
