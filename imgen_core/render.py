@@ -152,12 +152,14 @@ def model_output(edited: torch.Tensor, model_rate: int, sample_rate: int, channe
 
 def fade_curve(length: int, sample_rate: int, ranges, fade: float) -> torch.Tensor:
     """[length] weights of the rendered audio: 1 inside each (start, end) range, 0 outside it and
-    its fades, raised-cosine ramps of `fade` seconds just outside each end. No ranges: all 1."""
+    its fades, raised-cosine ramps of `fade` seconds (or the range's own third value) just
+    outside each end. No ranges: all 1."""
     if not ranges:
         return torch.ones(length, dtype=torch.float64)
     t = torch.arange(length, dtype=torch.float64) / sample_rate
     w = torch.zeros(length, dtype=torch.float64)
-    for start, end in ranges:
+    for start, end, *own in ranges:
+        fade = own[0] if own else fade
         if fade > 0:
             rise = ((t - (start - fade)) / fade).clamp(0, 1)
             fall = (((end + fade) - t) / fade).clamp(0, 1)

@@ -4,8 +4,10 @@ from __future__ import annotations
 import torch
 
 from ..imgen_core.audio import SourceInfo
-from ..imgen_core.editor import DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS
-from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS
+from ..imgen_core.editor import (DEFAULT_FADE_SECONDS, DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS,
+                                 check_range, resolve_render)
+from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS, operation_of
+from ..imgen_core.render import RENDER_MODES
 from . import comfy_glue
 from .loader import CATEGORY, MODEL_TYPE
 
@@ -13,11 +15,14 @@ CODES_TYPE = "IMGEN_CODES"
 ALL_STEMS = list(dict.fromkeys(list(SLAKH_ALL_STEMS) + [s for d in DIALECTS.values() for s in d["stems"]]))
 
 
-def codes_value(codes: torch.Tensor, sample_rate: int, frame_rate: float, source: SourceInfo) -> dict:
+def codes_value(codes: torch.Tensor, sample_rate: int, frame_rate: float, source: SourceInfo, audio: dict) -> dict:
     """What travels between the nodes: the codes and what decoding needs (the model's rates, the
-    length and form of the original input)."""
-    return {"codes": codes.detach().cpu(), "sample_rate": sample_rate, "frame_rate": frame_rate,
-            "samples": round(source.samples * sample_rate / source.sample_rate), "source": source}
+    length and form of the original input, the input itself and its codes for preserve
+    rendering, the operations applied and the time ranges edited: None for the whole song)."""
+    codes = codes.detach().cpu()
+    return {"codes": codes, "sample_rate": sample_rate, "frame_rate": frame_rate,
+            "samples": round(source.samples * sample_rate / source.sample_rate), "source": source,
+            "audio": audio, "original_codes": codes, "operations": [], "ranges": []}
 
 
 class InstructMusicGenEncode:
@@ -39,7 +44,7 @@ class InstructMusicGenEncode:
     def encode(self, model, audio):
         editor = model.ready()
         codes, source = editor.encode_source(audio["waveform"], int(audio["sample_rate"]))
-        return (codes_value(codes, editor.sample_rate, editor.codec.frame_rate, source),)
+        return (codes_value(codes, editor.sample_rate, editor.codec.frame_rate, source, audio),)
 
 
 class InstructMusicGenEdit:
@@ -77,25 +82,43 @@ class InstructMusicGenEdit:
         }, "optional": {
             "instruction": ("STRING", {"default": "", "multiline": True, "tooltip": "Advanced: a free-text "
                                        "instruction used instead of operation and stem when not empty."}),
+            "start_seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.1,
+                                        "tooltip": "Edit only from here (seconds). With start and end both 0 "
+                                                   "the whole song is edited."}),
+            "end_seconds": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 86400.0, "step": 0.1,
+                                      "tooltip": "Edit only up to here (seconds); 0 means the end of the song. "
+                                                 "Outside the range the song is kept sample for sample."}),
+            "fade_seconds": ("FLOAT", {"default": DEFAULT_FADE_SECONDS, "min": 0.0, "max": 5.0, "step": 0.01,
+                                       "tooltip": "Cross-fade at each end of the range."}),
         }}
 
     def edit(self, model, codes, operation, stem, seed, guidance, top_k, temperature, window_seconds,
-             overlap_seconds, instruction=""):
+             overlap_seconds, instruction="", start_seconds=0.0, end_seconds=0.0, fade_seconds=DEFAULT_FADE_SECONDS):
         editor = model.ready()
         text = editor.instruction(operation, stem, instruction.strip() or None)
+        span = {}
+        ranges = None  # the whole song
+        if start_seconds > 0 or end_seconds > 0:
+            seconds = codes["codes"].shape[-1] / codes["frame_rate"]
+            start, end = check_range(start_seconds, end_seconds or None, fade_seconds, seconds)
+            span = {"start": start, "end": end, "fade": fade_seconds}
+            previous = codes.get("ranges", [])
+            ranges = None if previous is None else [*previous, (start, end, fade_seconds)]
         edited = editor.edit(codes["codes"], text, seed=seed, guidance=guidance, top_k=top_k,
                              temperature=temperature, window_seconds=window_seconds,
-                             overlap_seconds=overlap_seconds, progress=comfy_glue.progress_callback())
-        return ({**codes, "codes": edited.cpu()},)
+                             overlap_seconds=overlap_seconds, progress=comfy_glue.progress_callback(), **span)
+        return ({**codes, "codes": edited.cpu(), "operations": [*codes.get("operations", []), operation_of(text)],
+                 "ranges": ranges},)
 
 
 class InstructMusicGenDecode:
-    DESCRIPTION = ("Decodes tokens to audio of the input's duration, for Preview Audio or Save Audio: 32 kHz or "
-                   "the input's rate; the mono result on every input channel, or mono.")
+    DESCRIPTION = ("Decodes tokens to audio of the input's duration, for Preview Audio or Save Audio. preserve "
+                   "(the default for add, remove and extract) applies the edit to the original at its own rate and "
+                   "channels, keeping what was not asked to change; model gives the model's 32 kHz mono output.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("AUDIO",)
-    OUTPUT_TOOLTIPS = ("Audio of the input's duration, at 32 kHz or the input's rate and on the input's channels "
-                       "or one, as chosen below.",)
+    OUTPUT_TOOLTIPS = ("Audio of the input's duration: with preserve rendering or a time range at the input's "
+                       "rate and on the input's channels; with model rendering as chosen below.",)
     FUNCTION = "decode"
 
     @classmethod
@@ -103,14 +126,29 @@ class InstructMusicGenDecode:
         return {"required": {
             "model": (MODEL_TYPE, {"tooltip": "From the Instruct-MusicGen loader."}),
             "codes": (CODES_TYPE, {"tooltip": "Tokens from Encode or Instruct Edit."}),
-            "sample_rate": (["32000 (model)", "input"], {"default": "32000 (model)",
-                            "tooltip": "The model's 32 kHz, or resampled back to the input's rate."}),
-            "channels": (["input", "mono"], {"default": "input", "tooltip": "input: the mono result on each of "
-                         "the input's channels; mono: one channel."}),
+            "sample_rate": (["32000 (model)", "input"], {"default": "input",
+                            "tooltip": "For model rendering of the whole song: the model's 32 kHz, or resampled "
+                                       "back to the input's rate. preserve and time ranges give the input's rate."}),
+            "channels": (["input", "mono"], {"default": "input", "tooltip": "For model rendering of the whole song: "
+                         "the mono result on each of the input's channels, or one channel. preserve and time "
+                         "ranges give the input's channels."}),
+        }, "optional": {
+            "render": (list(RENDER_MODES), {"default": "auto", "tooltip": "preserve: the edit applied to the "
+                       "original, at its rate and on its channels (sample_rate and channels then do not apply); "
+                       "model: the model's output; auto: preserve for add, remove and extract, model for a "
+                       "free-text instruction."}),
         }}
 
-    def decode(self, model, codes, sample_rate="32000 (model)", channels="input"):
+    def decode(self, model, codes, sample_rate="input", channels="input", render="auto"):
         editor = model.ready()
         rate = "input" if sample_rate == "input" else "model"
-        wav, out_rate = editor.decode_to(codes["codes"], codes.get("source"), rate, channels)
+        ranges = codes.get("ranges") or []
+        mode = resolve_render(render, codes.get("operations", []))
+        if mode == "model" and not ranges:
+            wav, out_rate = editor.decode_to(codes["codes"], codes.get("source"), rate, channels)
+        else:
+            audio = codes["audio"]
+            wav, out_rate = editor.render(codes["codes"], audio["waveform"], int(audio["sample_rate"]),
+                                          original_codes=codes["original_codes"], operations=codes["operations"],
+                                          mode=mode, ranges=ranges)
         return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": out_rate},)

@@ -33,6 +33,8 @@ SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t
 SONG_SECONDS = 3.0
 CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
 INPUT_CHANNELS = {"song.wav": 2, "other song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
+INPUT_RATES = {"song.wav": 44100, "other song.wav": 44100, "long.wav": 44100, "clip1.wav": 48000, "clip2.wav": 48000,
+               "clip3.wav": 48000}
 
 
 def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from browser_harness import CHROMIUM_ARGS, Frontend, chromium_path
-from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, REPO, SLOW, SONG_SECONDS, TINY, error_message, layout_problems
+from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, INPUT_RATES, REPO, SLOW, SONG_SECONDS, TINY, error_message, layout_problems
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DISPLAY_NAMES = ["Load Model (Instruct-MusicGen)", "Load Audio (Instruct-MusicGen)", "Encode Audio (Instruct-MusicGen)",
@@ -111,7 +111,7 @@ def test_shipped_workflow_runs_from_the_run_button(frontend, comfy_server, objec
     for node_id, path in files.items():
         source = _source_of(workflow, node_id)
         data, sr = sf.read(str(path), always_2d=True)
-        assert sr == 32000, path
+        assert sr == INPUT_RATES[source], path  # preserve rendering: the input's rate
         assert data.shape[1] == INPUT_CHANNELS[source], (path, data.shape)
         assert abs(data.shape[0] / sr - CLIP_SECONDS.get(source, SONG_SECONDS)) < 0.01, (path, data.shape)
         assert torch.isfinite(torch.from_numpy(data)).all() and abs(data).max() > 0

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_harness import CLIP_SECONDS, REPO, SLOW, SONG_SECONDS, TINY, error_message, ui_to_api
+from comfyui_harness import CLIP_SECONDS, INPUT_RATES, REPO, SLOW, SONG_SECONDS, TINY, error_message, ui_to_api
 
 NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
             "InstructMusicGenEdit", "InstructMusicGenDecode", "InstructMusicGenSaveAudio"]
@@ -76,7 +76,7 @@ def test_shipped_workflow_runs(server, object_info, workflow):
     for path, name in zip(sorted(files), sorted(inputs)):
         data, sr = sf.read(str(path), always_2d=True)
         seconds = CLIP_SECONDS.get(name, SONG_SECONDS)
-        assert sr == 32000
+        assert sr == INPUT_RATES[name]  # preserve rendering: the input's rate
         assert abs(data.shape[0] / sr - seconds) < 0.01, (path, data.shape)
         assert torch.isfinite(torch.from_numpy(data)).all()
 
@@ -102,6 +102,27 @@ def test_a_chained_edit_differs_from_its_first_edit_alone(server, object_info):
     chained = _run_and_read(server, _prepare(REPO / "workflows" / "Extract then add.json", object_info))
     assert single.shape == chained.shape
     assert (single - chained).norm() > 0.3 * single.norm()
+
+
+def test_a_range_edit_keeps_every_sample_outside_the_range(server, object_info):
+    """Add in a time range (1.0 to 2.5 s, fades 0.05 s), saved by our 16-bit WAV saver, like the
+    input: outside the range the input's very samples; inside, the edit. Model rendering of the
+    same range keeps the outside too."""
+    prompt = _prepare(REPO / "workflows" / "Add in a time range.json", object_info)
+    for node in prompt.values():
+        if node["class_type"] in ("SaveAudio", "InstructMusicGenSaveAudio"):
+            node["class_type"], node["inputs"]["filename_prefix"] = "InstructMusicGenSaveAudio", "range"
+    song = torch.from_numpy(sf.read(str(server.input_dir / "song.wav"), always_2d=True)[0])
+    t = torch.arange(song.shape[0]) / 44100
+    outside, inside = (t < 0.95) | (t > 2.55), (t > 1.0) & (t < 2.5)
+    for mode in ("auto", "model"):
+        for node in prompt.values():
+            if node["class_type"] == "InstructMusicGenDecode":
+                node["inputs"]["render"] = mode
+        out = _run_and_read(server, prompt)
+        assert out.shape == song.shape
+        assert torch.equal(out[outside], song[outside]), mode
+        assert (out[inside] - song[inside]).abs().max() > 1e-3, mode
 
 
 def test_second_workflow_reuses_the_loaded_model(server, object_info):
