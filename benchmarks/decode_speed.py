@@ -29,13 +29,21 @@ sys.path.insert(0, str(REPO))
 from imgen_core.config import FusionConfig, LMConfig  # noqa: E402
 from imgen_core.generate import generate  # noqa: E402
 from imgen_core.model import InstructMusicGen  # noqa: E402
+from imgen_core.quant import Int8Linear, quantize_weight, swap_to_int8  # noqa: E402
 
 SIZES = {
     "tiny": LMConfig(dim=64, num_heads=4, num_layers=2, card=2048),
     "small": LMConfig(dim=1024, num_heads=16, num_layers=24, card=2048),
     "large": LMConfig(dim=2048, num_heads=32, num_layers=48, card=2048),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+
+
+def activation_dtype(name: str, device) -> torch.dtype:
+    """int8 rows compute in fp16 on CUDA and bf16 on the CPU, as the library does."""
+    if name == "int8":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return DTYPES[name]
 FRAME_RATE = 50
 
 
@@ -49,39 +57,70 @@ def step_bytes(cfg: LMConfig, dtype) -> int:
     (the text keys and values are computed once), the feed-forward; and the output heads."""
     d = cfg.dim
     per_layer = 3 * d * d + d * d + 2 * d * d + 2 * cfg.hidden_scale * d * d
-    return (cfg.num_layers * per_layer + cfg.n_q * d * cfg.card) * torch.finfo(dtype).bits // 8
+    bits = 8 if dtype == torch.int8 else torch.finfo(dtype).bits
+    return (cfg.num_layers * per_layer + cfg.n_q * d * cfg.card) * bits // 8
 
 
 def bandwidth(device, dtype) -> float:
-    """Bytes per second that a matrix-vector product reads from memory (the decode access pattern)."""
+    """Bytes per second that a matrix-vector product reads from memory (the decode access pattern);
+    for int8, through the int8-weight layer the library uses."""
     n = 8192 if device.type == "cuda" else 4096
-    rows = (2 << 30 if device.type == "cuda" else 256 << 20) // (n * torch.finfo(dtype).bits // 8)
-    w = torch.randn(rows, n, device=device).to(dtype)
-    x = torch.randn(2, n, device=device).to(dtype)
+    size = 1 if dtype == torch.int8 else torch.finfo(dtype).bits // 8
+    rows = (2 << 30 if device.type == "cuda" else 256 << 20) // (n * size)
+    if dtype == torch.int8:
+        act = torch.float16 if device.type == "cuda" else torch.bfloat16
+        layer = Int8Linear(rows, n, act, device)
+        layer.weight_int8, layer.scale = quantize_weight(torch.randn(rows, n, device=device))
+        layer.scale = layer.scale.to(act)
+        x = torch.randn(2, n, device=device).to(act)
+        run = lambda: layer(x)  # noqa: E731
+    else:
+        w = torch.randn(rows, n, device=device).to(dtype)
+        x = torch.randn(2, n, device=device).to(dtype)
+        run = lambda: x @ w.T  # noqa: E731
     for _ in range(3):
-        x @ w.T
+        run()
     sync(device)
     reps = 20 if device.type == "cuda" else 5
     start = time.perf_counter()
     for _ in range(reps):
-        x @ w.T
+        run()
     sync(device)
-    return reps * w.numel() * w.element_size() / (time.perf_counter() - start)
+    return reps * rows * n * size / (time.perf_counter() - start)
 
 
-def build_ours(cfg: LMConfig, device, dtype) -> InstructMusicGen:
-    with torch.device(device):
-        model = InstructMusicGen(cfg, FusionConfig(num_layers=cfg.num_layers))
+def peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 2**20
+
+
+def build_ours(cfg: LMConfig, device, name: str) -> InstructMusicGen:
+    """Random weights, materialised once in their final form: on the meta device first, then
+    allocated in the activation dtype (and int8 for the int8 layers), never as fp32 first."""
+    act = activation_dtype(name, device)
+    with torch.device("meta"):
+        model = InstructMusicGen(cfg, FusionConfig(num_layers=cfg.num_layers), lora=False)
+    if name == "int8":
+        swap_to_int8(model, act, "meta")
+    model = model.to_empty(device=device).to(act)
+    g = torch.Generator(device=device).manual_seed(0)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for pname, p in model.named_parameters():
             if p.dim() >= 2:
-                p.normal_(0, 0.02)
+                p.normal_(0, 0.02, generator=g)
+            else:  # layer norms as initialised: weight 1, bias 0
+                p.fill_(1.0 if pname.endswith("norm1.weight") or pname.endswith("norm2.weight")
+                        or pname.endswith("norm_cross.weight") or pname.endswith("out_norm.weight") else 0.0)
         model.fusion.gates.fill_(0.1)
-    return model.merge_lora().to(dtype).eval().requires_grad_(False)
+        for layer in model.modules():
+            if isinstance(layer, Int8Linear):  # uniform int8 with a std of 0.02, like the float rows
+                layer.weight_int8.random_(-127, 128, generator=g)
+                layer.scale.fill_(0.02 / 73.3)
+    return model.eval().requires_grad_(False)
 
 
-def time_ours(cfg, device, dtype, steps, cuda_graph="auto") -> dict:
-    model = build_ours(cfg, device, dtype)
+def time_ours(cfg, device, name, steps, cuda_graph="auto") -> dict:
+    model = build_ours(cfg, device, name)
     frames = steps - 1 - cfg.max_delay
     g = torch.Generator(device=device).manual_seed(0)
     text = torch.cat([torch.randn(1, 12, cfg.dim, device=device), torch.zeros(1, 12, cfg.dim, device=device)])
@@ -94,26 +133,41 @@ def time_ours(cfg, device, dtype, steps, cuda_graph="auto") -> dict:
     generate(model, cond, text, top_k=250, generator=g, cuda_graph=cuda_graph)
     sync(device)
     elapsed = time.perf_counter() - start
-    out = {"ms_per_step": 1000 * elapsed / steps, "rtf": frames / FRAME_RATE / elapsed}
+    out = {"ms_per_step": 1000 * elapsed / steps, "rtf": frames / FRAME_RATE / elapsed, "peak_rss_gb": peak_rss_gb()}
     if device.type == "cuda":
         out["peak_vram_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     del model
     return out
 
 
-def vram_of_10s_edit(cfg, device, dtype) -> float:
-    """Peak GPU memory (GiB) of one 10 s window: weights, KV cache, prefixes, activations."""
-    model = build_ours(cfg, device, dtype)
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats(device)  # after building: construction runs in fp32 first
-    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device, dtype=dtype),
-                      torch.zeros(1, 12, cfg.dim, device=device, dtype=dtype)])
+class _Enough(Exception):
+    pass
+
+
+def memory_of_10s_edit(cfg, device, name, steps: int | None = None) -> tuple[float, float]:
+    """Peak memory (GiB) of one 10 s window: weights, KV cache, prefixes, activations; on CUDA the
+    GPU's, on the CPU the process's resident peak. `steps` stops early (the KV cache and the
+    prefixes are allocated in full before the first step)."""
+    model = build_ours(cfg, device, name)
+    act = activation_dtype(name, device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device, dtype=act),
+                      torch.zeros(1, 12, cfg.dim, device=device, dtype=act)])
     cond = torch.randint(0, cfg.card, (1, cfg.n_q, 500), device=device)
-    generate(model, cond, text, top_k=250)
+
+    def stop(done, total):
+        if steps is not None and done >= steps:
+            raise _Enough
+
+    with contextlib.suppress(_Enough):
+        generate(model, cond, text, top_k=250, progress=stop)
     sync(device)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**30
+    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**30
     del model
-    return torch.cuda.max_memory_allocated(device) / 2**30, weights
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gb()
+    return peak, weights
 
 
 def time_transformers(cfg, device, dtype, steps) -> dict:
@@ -139,7 +193,8 @@ def time_transformers(cfg, device, dtype, steps) -> dict:
     sync(device)
     elapsed = time.perf_counter() - start
     del model
-    return {"ms_per_step": 1000 * elapsed / steps, "rtf": (steps - 1 - cfg.max_delay) / FRAME_RATE / elapsed}
+    return {"ms_per_step": 1000 * elapsed / steps, "rtf": (steps - 1 - cfg.max_delay) / FRAME_RATE / elapsed,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
@@ -153,14 +208,14 @@ def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
 
 def measure_one(spec: dict) -> dict:
     """One engine at one size, in this process (run as a child so that a crash stays contained)."""
-    device, cfg, dtype = torch.device(spec["device"]), SIZES[spec["size"]], DTYPES[spec["dtype"]]
+    device, cfg = torch.device(spec["device"]), SIZES[spec["size"]]
     torch.set_num_threads(spec["threads"])
     if spec["engine"] == "transformers":
-        return time_transformers(cfg, device, dtype, spec["steps"])
-    if spec["engine"] == "vram":
-        peak, weights = vram_of_10s_edit(cfg, device, dtype)
-        return {"peak_vram_gb": peak, "weights_gb": weights}
-    return time_ours(cfg, device, dtype, spec["steps"], cuda_graph=spec.get("cuda_graph", "auto"))
+        return time_transformers(cfg, device, DTYPES[spec["dtype"]], spec["steps"])
+    if spec["engine"] == "memory":
+        peak, weights = memory_of_10s_edit(cfg, device, spec["dtype"], spec.get("memory_steps"))
+        return {"peak_memory_gb": peak, "weights_gb": weights}
+    return time_ours(cfg, device, spec["dtype"], spec["steps"], cuda_graph=spec.get("cuda_graph", "auto"))
 
 
 def in_child(spec: dict) -> dict:
@@ -178,7 +233,7 @@ def plan(device, sizes) -> list[dict]:
     for size in sizes:
         hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
         rows.append({"size": size, "engine": "transformers", "dtype": hf_dtype, "label": f"transformers generate {hf_dtype}"})
-        for name in (["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]):
+        for name in (["fp32", "bf16", "fp16", "int8"] if device.type == "cuda" else ["fp32", "bf16", "int8"]):
             if device.type == "cuda" and size == "large" and name == "fp32":
                 continue  # 13 GB of fp32 weights; the 16-bit rows are the ones that matter
             label = f"ours {name}" + (" (CUDA graph)" if device.type == "cuda" else "")
@@ -187,7 +242,8 @@ def plan(device, sizes) -> list[dict]:
                 rows.append({"size": size, "engine": "ours", "dtype": name, "label": "ours fp16 (eager)",
                              "cuda_graph": "off"})
         if device.type == "cuda" and size == "large":
-            rows.append({"size": size, "engine": "vram", "dtype": "fp16", "label": "peak VRAM, 10 s window, fp16"})
+            for name in ("fp16", "int8"):
+                rows.append({"size": size, "engine": "memory", "dtype": name, "label": f"peak VRAM, 10 s window, {name}"})
     return rows
 
 
@@ -198,6 +254,9 @@ def main():
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--out", default="decode_speed.json")
+    p.add_argument("--memory", nargs="*", metavar="DTYPE", help="only the peak memory of a 10 s window at large "
+                   "size for these dtypes (on the CPU: prefill and --memory-steps steps)")
+    p.add_argument("--memory-steps", type=int, default=3)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -205,10 +264,19 @@ def main():
         return
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    if args.memory is not None:
+        for name in args.memory or ["int8"]:
+            spec = {"size": "large", "engine": "memory", "dtype": name, "device": args.device, "threads": args.threads,
+                    "memory_steps": args.memory_steps if device.type == "cpu" else None}
+            row = in_child(spec)
+            print(f"large {name}: peak {'VRAM' if device.type == 'cuda' else 'RSS'} of a 10 s window "
+                  f"{row.get('peak_memory_gb', float('nan')):.2f} GiB, weights {row.get('weights_gb', float('nan')):.2f} GiB"
+                  + (f" ({row['error']})" if "error" in row else ""), flush=True)
+        return
     sizes = args.sizes or (["tiny", "small", "large"] if device.type == "cuda" else ["tiny", "small"])
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {args.threads} threads"
-    dtypes = ["fp32", "bf16", "fp16"] if device.type == "cuda" else ["fp32", "bf16"]
+    dtypes = ["fp32", "bf16", "fp16", "int8"] if device.type == "cuda" else ["fp32", "bf16", "int8"]
     bw = {name: bandwidth(device, DTYPES[name]) for name in dtypes}
     result = {"machine": machine, "torch": torch.__version__, "steps": args.steps, "rows": [],
               "bandwidth_gb_s": {k: v / 1e9 for k, v in bw.items()}}
@@ -220,9 +288,9 @@ def main():
         spec.update(device=args.device, steps=args.steps, threads=args.threads)
         row = {**spec, **in_child(spec)}
         result["rows"].append(row)
-        if "peak_vram_gb" in row and "ms_per_step" not in row:
-            print(f"{row['size']:6} {row['label']:30} {row['peak_vram_gb']:.2f} GiB ({row['weights_gb']:.2f} GiB "
-                  f"weights; T5 and EnCodec not on the GPU)")
+        if "peak_memory_gb" in row:
+            print(f"{row['size']:6} {row['label']:30} {row['peak_memory_gb']:.2f} GiB ({row['weights_gb']:.2f} GiB "
+                  f"weights; T5 and EnCodec not counted)")
             continue
         if "ms_per_step" not in row:
             print(f"{row['size']:6} {row['label']:30} failed: {row['error']}")
@@ -235,7 +303,8 @@ def main():
             row["speedup_vs_transformers"] = baseline[row["size"]] / row["ms_per_step"]
         print(f"{row['size']:6} {row['label']:30} {row['ms_per_step']:9.2f} {row['rtf']:7.2f} {floor:9.2f} "
               f"{row['x_floor']:8.2f} {row.get('speedup_vs_transformers', float('nan')):15.2f}x"
-              + (f"  peak VRAM {row['peak_vram_gb']:.2f} GiB" if "peak_vram_gb" in row else ""), flush=True)
+              + (f"  peak VRAM {row['peak_vram_gb']:.2f} GiB" if "peak_vram_gb" in row else
+                 f"  peak RSS {row.get('peak_rss_gb', float('nan')):.2f} GiB"), flush=True)
     ac = time_audiocraft(None, device, torch.float32, args.steps)
     print(f"{'all':6} {'audiocraft LM generate':30} {ac}")
     result["audiocraft"] = ac

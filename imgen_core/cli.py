@@ -179,8 +179,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--t5", default=DEFAULT_T5, help=f"T5 folder or HF repo (default {DEFAULT_T5})")
     e.add_argument("--encodec", default=DEFAULT_ENCODEC, help=f"EnCodec folder or HF repo (default {DEFAULT_ENCODEC})")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="model precision (default: fp16 on GPU, fp32 on CPU)")
+    e.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+                   help="model precision (default: fp16 on GPU, fp32 on CPU); int8: the LM's weights in int8, half "
+                   "the memory of fp16, activations in fp16 on GPU and bf16 on CPU")
     e.add_argument("--offline", action="store_true", help="never use the network")
     e.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     _add_generation_args(e)

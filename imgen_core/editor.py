@@ -18,6 +18,7 @@ from .audio import AudioError, SourceInfo, as_batch, from_model_audio, to_model_
 from .codec import Codec
 from .loader import load_editor, pick_device, pick_dtype
 from .model import InstructMusicGen
+from .quant import Int8Linear
 from .text import TextEncoder
 from .windows import edit_windowed
 
@@ -67,6 +68,8 @@ class Editor:
 
     def to(self, device: str = "auto", dtype: str = "auto") -> "Editor":
         dev = pick_device(device)
+        if dtype == "int8" and not any(isinstance(m, Int8Linear) for m in self.model.modules()):
+            raise ValueError("int8 weights are chosen when loading: Editor.from_pretrained(..., dtype='int8')")
         self.model.to(device=dev, dtype=pick_dtype(dtype, dev))
         self.text_encoder.to(dev)
         self.codec.model.to(dev)

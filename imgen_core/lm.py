@@ -91,7 +91,9 @@ class SelfAttention(nn.Module):
 
     def project(self, x: torch.Tensor):
         """Per-head q, k, v of `x` [B, T, C], each [B, H, T, D]."""
-        q, k, v = F.linear(x, self.in_proj_weight).chunk(3, dim=-1)
+        # int8 weights (quant.py) replace the parameter by an `in_proj` layer
+        qkv = self.in_proj(x) if "in_proj" in self._modules else F.linear(x, self.in_proj_weight)
+        q, k, v = qkv.chunk(3, dim=-1)
         return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None,

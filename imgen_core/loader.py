@@ -25,8 +25,12 @@ from .fusion import merged_lora_weight
 from .hub import resolve_file
 from .model import InstructMusicGen
 from .official_checkpoint import convert_official, is_official_checkpoint
+from .quant import quantize_weight, swap_to_int8
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# What a user may ask for: a float dtype, or int8 weights with activations in the device's
+# preferred half precision (fp16 on CUDA, bf16 on the CPU).
+WEIGHT_DTYPES = ("auto", *DTYPES, "int8")
 Progress = Callable[[str, int, int], None]
 
 
@@ -37,12 +41,15 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """The activation dtype for a dtype name on `device` (for "int8": that of the activations)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype == "int8":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: auto, {', '.join(DTYPES)}")
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(WEIGHT_DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -91,15 +98,18 @@ def resolve_adapter(spec, offline: bool | None = None, convert_into: Iterable | 
 
 
 def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, device="cpu",
-               merge_lora: bool = False, new_adapter: Callable[[LMConfig], FusionConfig] | None = None
-               ) -> tuple[InstructMusicGen, dict]:
+               merge_lora: bool = False, new_adapter: Callable[[LMConfig], FusionConfig] | None = None,
+               int8: bool = False) -> tuple[InstructMusicGen, dict]:
     """Weight files -> (model in eval mode without gradients, the adapter's metadata).
 
     `base`: an audiocraft `state_dict.bin`. `adapter`: our adapter file (see `resolve_adapter`
     for the official checkpoint), or None for plain MusicGen, or None with `new_adapter` (the LM
     config -> the fusion config) for fresh fusion and LoRA weights to train. `merge_lora` folds
-    LoRA into the projections, in fp32, before the weights take their dtype (inference)."""
+    LoRA into the projections, in fp32, before the weights take their dtype (inference).
+    `int8` (or dtype "int8"): the linear layers' weights quantised as they load (quant.py; LoRA
+    merged first), activations in `dtype`."""
     device = pick_device(device)
+    int8 = int8 or dtype == "int8"
     dtype = pick_dtype(dtype, device)
     lm_cfg, base_state = read_audiocraft_lm(base, dtype)
     source = f"base checkpoint {base}"
@@ -110,18 +120,21 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
             f"adapter {adapter} was made for an LM of {opened.lm_layers} layers x {opened.lm_dim} dims, but "
             f"the base {base} has {lm_cfg.num_layers} x {lm_cfg.dim}; pick the matching base model "
             f"({opened.meta.get('base_model', 'see the adapter metadata')})")
-    merge = merge_lora and opened is not None
+    if int8 and opened is None:
+        raise ValueError("int8 weights are for inference: load an adapter")
+    merge = (merge_lora or int8) and opened is not None
     with torch.device("meta"):
         model = InstructMusicGen(lm_cfg, fusion_cfg, lora=not merge)
     shapes = {k: tuple(v.shape) for k, v in model.base_state_dict().items()}
+    quantized = swap_to_int8(model, dtype, "meta") if int8 else {}
     given = _split_cross_in_proj(base_state, model)
     from_adapter = {_unwrapped(k) for k in opened.names} if opened is not None else set()
     for key in [k for k in given if _unwrapped(k) in from_adapter]:
         del given[key]  # the adapter's q/k/v bases replace the base's (see DESIGN: fused-model quirk)
     check_tensors(given, {k: s for k, s in shapes.items() if _unwrapped(k) not in from_adapter}, source)
-    state = _materialise(given, dtype, device)
+    state = _materialise(given, dtype, device, quantized)
     if opened is not None:
-        state.update(_adapter_state(opened, dtype, device, merge))
+        state.update(_materialise(_adapter_state(opened, merge), dtype, device, quantized))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     fresh = [k for k in missing if k.startswith("fusion.") or ".lora_" in k]
     if unexpected or len(fresh) != len(missing) or (fresh and new_adapter is None):
@@ -137,33 +150,43 @@ def _unwrapped(name: str) -> str:
     return name.replace(".base_layer.weight", ".weight")
 
 
-def _materialise(tensors: dict, dtype: torch.dtype, device: torch.device) -> dict:
-    """Each tensor in its final dtype and device; the source is dropped as soon as it is copied,
-    so the peak is the result plus one tensor."""
+def _materialise(tensors, dtype: torch.dtype, device: torch.device, quantized: dict[str, str]) -> dict:
+    """Each tensor of a dict or (name, tensor) stream in its final form: on `device`, floats in
+    `dtype`, the weights named in `quantized` as int8 with their scales. Each source is dropped
+    as soon as it is converted, so the peak is the result plus one tensor."""
     out = {}
-    for key in list(tensors):
-        t = tensors.pop(key)
-        out[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+    items = _drain(tensors) if isinstance(tensors, dict) else tensors
+    for key, t in items:
+        if key in quantized:
+            weight, scale = quantize_weight(t)
+            out[quantized[key] + ".weight_int8"] = weight.to(device)
+            out[quantized[key] + ".scale"] = scale.to(device=device, dtype=dtype)
+        else:
+            out[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
         del t
     return out
 
 
-def _adapter_state(adapter: AdapterFile, dtype, device, merge: bool) -> dict:
-    """The adapter's tensors in their final dtype and device, LoRA folded in when `merge`."""
-    out, parts = {}, {}
+def _drain(tensors: dict):
+    for key in list(tensors):
+        yield key, tensors.pop(key)
+
+
+def _adapter_state(adapter: AdapterFile, merge: bool):
+    """The adapter's tensors, one at a time, with LoRA folded in (in fp32) when `merge`."""
+    parts = {}
     scaling = adapter.fusion.lora_alpha / adapter.fusion.lora_rank
     for name, tensor in adapter.tensors():
         m = re.fullmatch(r"(.*)\.(base_layer|lora_A\.default|lora_B\.default)\.weight", name)
         if not (merge and m):
-            out[name] = tensor.to(device=device, dtype=dtype)
+            yield name, tensor
             continue
         group = parts.setdefault(m.group(1), {})
         group[m.group(2)] = tensor
         if len(group) == 3:
-            merged = merged_lora_weight(group["base_layer"], group["lora_A.default"], group["lora_B.default"], scaling)
-            out[m.group(1) + ".weight"] = merged.to(device=device, dtype=dtype)
+            yield m.group(1) + ".weight", merged_lora_weight(group["base_layer"], group["lora_A.default"],
+                                                            group["lora_B.default"], scaling)
             del parts[m.group(1)]
-    return out
 
 
 def _initialise_new_adapter(model: InstructMusicGen, device: torch.device, dtype: torch.dtype):
@@ -205,9 +228,10 @@ def _split_cross_in_proj(state: dict, model: InstructMusicGen) -> dict:
 def load_editor(base, adapter=None, t5="t5-base", encodec="facebook/encodec_32khz", *, device="auto",
                 dtype="auto", offline: bool | None = None, merge_lora: bool = True,
                 new_adapter: Callable[[LMConfig], FusionConfig] | None = None, convert_into: Iterable | None = None,
-                progress: Progress | None = None):
+                progress: Progress | None = None, int8: bool = False):
     """(base, adapter, t5, encodec, dtype, device) -> a ready `Editor`. Each is a local path or a
-    Hugging Face id (downloaded once). `progress(stage, done, total)`: "converting" (bytes of
+    Hugging Face id (downloaded once). `dtype`: one of WEIGHT_DTYPES or a torch dtype (with
+    `int8`, the activations' dtype). `progress(stage, done, total)`: "converting" (bytes of
     the adapter written, first use of an official checkpoint only), then "loading" (parts of 3:
     LM, T5, EnCodec)."""
     from .codec import Codec
@@ -215,14 +239,13 @@ def load_editor(base, adapter=None, t5="t5-base", encodec="facebook/encodec_32kh
     from .text import TextEncoder
     report = progress or (lambda stage, done, total: None)
     device = pick_device(device)
-    dtype = pick_dtype(dtype, device)
     base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
     adapter_file = None
     if adapter is not None:
         adapter_file = resolve_adapter(adapter, offline, convert_into, lambda d, t: report("converting", d, t))
     report("loading", 0, 3)
     model, meta = load_model(base_file, adapter_file, dtype=dtype, device=device, merge_lora=merge_lora,
-                             new_adapter=new_adapter)
+                             new_adapter=new_adapter, int8=int8)
     report("loading", 1, 3)
     text_encoder = TextEncoder.from_pretrained(t5, offline).to(device)
     report("loading", 2, 3)

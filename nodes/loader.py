@@ -68,8 +68,9 @@ class InstructMusicGenLoader:
                                                                     "or t5-base downloaded from Hugging Face."}),
             "encodec": ([DEFAULT_ENCODEC] + _model_folders("encodec"),
                         {"tooltip": "EnCodec 32 kHz: a folder in models/musicgen, or downloaded from Hugging Face."}),
-            "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto",
-                      "tooltip": "LM precision: auto is fp16 on GPU and fp32 on CPU."}),
+            "dtype": (["auto", "fp16", "bf16", "fp32", "int8"], {"default": "auto",
+                      "tooltip": "LM precision: auto is fp16 on GPU and fp32 on CPU. int8: the LM's weights in "
+                                 "int8, half the memory of fp16 (for small GPUs), activations in fp16 on GPU."}),
         }}
 
     # No VALIDATE_INPUTS: ComfyUI's own check of each dropdown against its list (re-read at every

@@ -55,15 +55,15 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
     whether it was loaded now. `progress(stage, done, total)` while converting and loading."""
     import comfy.model_management as mm
     device = mm.get_torch_device()
-    torch_dtype = pick_dtype(dtype, device)
-    key = (_identity(base), _identity(adapter), _identity(t5), _identity(encodec), str(torch_dtype))
+    torch_dtype = pick_dtype(dtype, device)  # for int8: the activations' dtype on the device it will run on
+    key = (_identity(base), _identity(adapter), _identity(t5), _identity(encodec), str(torch_dtype), dtype == "int8")
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key], False
         print(f"[Instruct-MusicGen] loading weights from {base} + {adapter}", flush=True)
         # the official checkpoint is converted once, beside it (or in the user cache if read-only)
         editor = load_editor(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype, progress=progress,
-                             convert_into=[Path(adapter).parent, cache_dir() / "adapters"])
+                             convert_into=[Path(adapter).parent, cache_dir() / "adapters"], int8=dtype == "int8")
         resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
                                   json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))
         _LOADED[key] = resident

@@ -1,0 +1,72 @@
+"""Int8 weights: close to fp32, the fast kernel equal to the plain formula, and usable end to end."""
+import copy
+
+import torch
+
+from imgen_core.config import FusionConfig, LMConfig
+from imgen_core.lm import init_lm_weights
+from imgen_core.model import InstructMusicGen
+from imgen_core.quant import Int8Linear, quantize_model, quantize_weight
+
+# Bounds that a wrong scale, a transposed or a mis-rounded weight breaks by far.
+MAX_REL_RMS = 0.04
+MIN_TOP1 = 0.9
+
+
+def teacher_forced_error(reference, quantized, target, cond, text) -> tuple[float, float]:
+    with torch.no_grad():
+        a, mask = reference(target, cond, text)
+        b, _ = quantized(target, cond, text.to(quantized.dtype))
+    a, b = a[mask].float(), b[mask].float()
+    rel = ((a - b).pow(2).mean().sqrt() / a.pow(2).mean().sqrt()).item()
+    return rel, (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+
+
+def test_int8_logits_stay_close_to_fp32_on_both_fixtures(fixture, load_fixture):
+    path, ref = fixture
+    reference, _ = load_fixture(path, merge_lora=True)
+    quantized, _ = load_fixture(path, dtype="int8")
+    assert any(isinstance(m, Int8Linear) for m in quantized.modules())
+    assert not any(isinstance(m, torch.nn.Linear) and m is not quantized.text_proj for m in quantized.lm.modules())
+    rel, top1 = teacher_forced_error(reference, quantized, ref["target_codes"], ref["cond_codes"], ref["text_cond"])
+    assert rel < MAX_REL_RMS and top1 > MIN_TOP1, (rel, top1)
+
+
+def test_int8_logits_stay_close_at_musicgen_small_width():
+    """MusicGen-small's width and heads (4 of its 24 layers, to stay quick), random weights."""
+    cfg = LMConfig(dim=1024, num_heads=16, num_layers=4, card=2048)
+    torch.manual_seed(0)
+    model = InstructMusicGen(cfg, FusionConfig(num_layers=4), lora=False)
+    init_lm_weights(model.lm, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.fusion.pos_emb.normal_(0, 0.02)
+        model.fusion.gates.fill_(0.3)
+    model.eval().requires_grad_(False)
+    quantized = quantize_model(copy.deepcopy(model), torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, cfg.card, (2, 4, 40), generator=g)
+    cond = torch.randint(0, cfg.card, (2, 4, 40), generator=g)
+    text = torch.randn(2, 8, cfg.dim, generator=g)
+    rel, top1 = teacher_forced_error(model, quantized, target, cond, text)
+    assert rel < MAX_REL_RMS and top1 > MIN_TOP1, (rel, top1)
+
+
+def test_the_cpu_kernel_computes_the_plain_formula():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=g)
+    x = torch.randn(3, 5, 64, generator=g).bfloat16()
+    layer = Int8Linear(96, 64, torch.bfloat16)
+    layer.weight_int8, layer.scale = quantize_weight(weight)
+    expected = (x.float() @ (layer.weight_int8.float() * layer.scale.float()[:, None]).T)
+    assert torch.allclose(layer(x).float(), expected, rtol=2e-2, atol=2e-2)
+    assert (layer.weight_int8.float() * layer.scale[:, None] - weight).abs().max() <= layer.scale.max() / 2 + 1e-6
+
+
+def test_an_int8_edit_runs_end_to_end(tmp_path, tiny_files):
+    from imgen_core.editor import Editor
+    editor = Editor.from_pretrained(tiny_files["base"], tiny_files["adapter"], tiny_files["t5"],
+                                    tiny_files["encodec"], device="cpu", dtype="int8", offline=True)
+    assert editor.model.dtype == torch.bfloat16
+    wav = torch.sin(torch.arange(32000) / 5.0)[None] * 0.5
+    out, rate = editor.edit_audio(wav, 32000, editor.instruction("remove", "drums"), seed=0)
+    assert out.shape == (1, 1, 32000) and torch.isfinite(out).all()
