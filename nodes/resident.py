@@ -60,7 +60,7 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
     with _LOCK:
         if key in _LOADED:
             return _LOADED[key], False
-        print(f"[Instruct-MusicGen] loading weights from {base} + {adapter}", flush=True)
+        print(f"[Instruct-MusicGen] loading weights from {base} + {adapter} ({dtype})", flush=True)
         # the official checkpoint is converted once, beside it (or in the user cache if read-only)
         editor = load_editor(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype, progress=progress,
                              convert_into=[Path(adapter).parent, cache_dir() / "adapters"], int8=dtype == "int8")

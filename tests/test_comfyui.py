@@ -125,12 +125,22 @@ def test_a_range_edit_keeps_every_sample_outside_the_range(server, object_info):
         assert (out[inside] - song[inside]).abs().max() > 1e-3, mode
 
 
+def test_the_loader_offers_int8_weights(server, object_info):
+    assert "int8" in object_info["InstructMusicGenLoader"]["input"]["required"]["dtype"][0]
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoader":
+            node["inputs"]["dtype"] = "int8"
+    out = _run_and_read(server, prompt)
+    assert torch.isfinite(out).all() and out.abs().max() > 1e-3
+
+
 def test_second_workflow_reuses_the_loaded_model(server, object_info):
     for name in ("Remove a stem.json", "Add a stem.json"):
         history = server.wait(server.queue(_prepare(REPO / "workflows" / name, object_info)))
         assert history["status"]["status_str"] == "success"
     loads = [line for line in server.log_text().splitlines()
-             if "[Instruct-MusicGen] loading weights" in line and "tiny.safetensors" in line]
+             if "[Instruct-MusicGen] loading weights" in line and "tiny.safetensors (auto)" in line]
     assert len(loads) == 1, loads
 
 
