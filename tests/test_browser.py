@@ -129,11 +129,12 @@ def test_template_browser_shows_the_workflows_with_titles_and_thumbnails(fronten
         pytest.skip("this frontend predates workflow templates")
     frontend.page.get_by_role("button", name="Templates").first.click()
     frontend.page.get_by_text("instruct_musicgen", exact=True).first.click()
-    titles = sorted(w.stem for w in WORKFLOWS)
-    frontend.page.wait_for_function("""(titles) => titles.every(t => [...document.querySelectorAll('img')]
-        .some(i => i.alt === t && i.complete && i.naturalWidth > 0))""", arg=titles, timeout=20000)
-    for title in titles:
-        assert frontend.page.get_by_text(title, exact=True).first.is_visible()
+    for title in sorted(w.stem for w in WORKFLOWS):  # scrolled to, as a user does: thumbnails load lazily
+        label = frontend.page.get_by_text(title, exact=True).first
+        label.scroll_into_view_if_needed()
+        frontend.page.wait_for_function("""(t) => [...document.querySelectorAll('img')]
+            .some(i => i.alt === t && i.complete && i.naturalWidth > 0)""", arg=title, timeout=20000)
+        assert label.is_visible()
 
 
 def test_a_file_dropped_on_load_audio_is_uploaded_played_edited_and_the_saver_plays_the_result(
