@@ -221,10 +221,14 @@ def resolve_render(mode: str, operations) -> str:
     """"auto" -> "preserve" when every operation applied is add, remove or extract, else "model"."""
     if mode not in rendering.RENDER_MODES:
         raise ValueError(f"unknown render mode {mode!r}; valid: {', '.join(rendering.RENDER_MODES)}")
+    ops = list(operations)
+    known = bool(ops) and all(op in instructions.OPERATIONS for op in ops)
+    if mode == "preserve" and not known:
+        raise ValueError("preserve rendering needs to know the operation (add, remove or extract); a free-text "
+                         "instruction is rendered with --render model (or pass the operation)")
     if mode != "auto":
         return mode
-    ops = list(operations)
-    return "preserve" if ops and all(op in instructions.OPERATIONS for op in ops) else "model"
+    return "preserve" if known else "model"
 
 
 def check_output_form(mode: str, ranges, rate, channels, input_rate: int | None = None):

@@ -96,9 +96,10 @@ def test_range_and_render_refusals_are_one_line(tmp_path, tiny_files, capsys):
     for extra, says in ([["--start", "1.5", "--end", "1.0"], "0 <= start < end <= 2.00 s"],
                         [["--end", "9"], "0 <= start < end <= 2.00 s"],
                         [["--rate", "32000"], "--rate and --channels apply to --render model over the whole song"],
-                        [["--render", "model", "--start", "0.5", "--channels", "mono"], "--rate and --channels"]):
-        assert main(["edit", str(src), "--op", "remove", "--stem", "bass", "-o", str(tmp_path / "o.wav"), *extra,
-                     *tiny_args(tiny_files)]) == 2
+                        [["--render", "model", "--start", "0.5", "--channels", "mono"], "--rate and --channels"],
+                        [["--render", "preserve", "--instruction", "make it jazzy"], "needs to know the operation"]):
+        what = [] if "--instruction" in extra else ["--op", "remove", "--stem", "bass"]
+        assert main(["edit", str(src), *what, "-o", str(tmp_path / "o.wav"), *extra, *tiny_args(tiny_files)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert says in err[-1] and "Traceback" not in "\n".join(err), err
     assert not (tmp_path / "o.wav").exists()
