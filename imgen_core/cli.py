@@ -223,7 +223,13 @@ def _stop_on_terminate(signum, frame):
 def main(argv=None) -> int:
     import signal
     import threading
+
+    from . import torch_problem
     args = parser().parse_args(argv)
+    problem = torch_problem()
+    if problem:
+        print(f"imgen {args.command}: error: {problem}", file=sys.stderr)
+        return 2
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_terminate)
     from .audio import AudioError

@@ -17,7 +17,9 @@ class Codec:
         self.frame_rate = self.sample_rate / self.hop
         self.bandwidth = max(cfg.target_bandwidths)
         self.card = int(cfg.codebook_size)
-        self.n_q = model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth)
+        # the codebooks used at that bandwidth, at most the quantizer's layers (older transformers
+        # may ask for more than it built)
+        self.n_q = min(model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth), len(model.quantizer.layers))
 
     @classmethod
     def from_pretrained(cls, name: str = "facebook/encodec_32khz", offline: bool | None = None) -> "Codec":

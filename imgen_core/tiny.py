@@ -75,6 +75,14 @@ def calibration_audio(seed: int = 0, clips: int = 16, seconds: float = 0.64, sam
     return torch.stack(out)[:, None]
 
 
+def weight_gain(conv) -> torch.Tensor:
+    """The per-channel gain of a weight-normed convolution: a parametrization in transformers
+    4.41 and later, the older `weight_g` attribute before."""
+    if hasattr(conv, "parametrizations"):
+        return conv.parametrizations.weight.original0
+    return conv.weight_g
+
+
 @torch.no_grad()
 def calibrate_codec(model, n_q: int, bandwidth: float, audio: torch.Tensor, seed: int = 0, iterations: int = 10):
     """Make a random EnCodec carry information, in place: its encoder's output normalised to unit
@@ -85,7 +93,7 @@ def calibrate_codec(model, n_q: int, bandwidth: float, audio: torch.Tensor, seed
     conv = model.encoder.layers[-1].conv
     emb = model.encoder(audio)
     mean, std = emb.mean((0, 2)), emb.std((0, 2))
-    conv.parametrizations.weight.original0.div_(std.view(-1, 1, 1))
+    weight_gain(conv).div_(std.view(-1, 1, 1))
     conv.bias.copy_((conv.bias - mean) / std)
     emb = model.encoder(audio)
     residual = emb.permute(0, 2, 1).reshape(-1, emb.shape[1])
@@ -107,7 +115,7 @@ def calibrate_codec(model, n_q: int, bandwidth: float, audio: torch.Tensor, seed
             p.zero_()
     out = model.decoder(model.quantizer.decode(model.quantizer.encode(model.encoder(audio), bandwidth=bandwidth)))
     last = model.decoder.layers[-1].conv
-    last.parametrizations.weight.original0.mul_(0.3 / out.std())
+    weight_gain(last).mul_(0.3 / out.std())
 
 
 def tiny_codec(card: int = 64, seed: int = 0) -> Codec:
@@ -116,7 +124,9 @@ def tiny_codec(card: int = 64, seed: int = 0) -> Codec:
     audio. Its decoder is not trained: it does not reconstruct the input (README: measured SNR)."""
     from transformers import EncodecConfig, EncodecModel
     torch.manual_seed(seed)
-    bandwidth = 4 * math.log2(card) * 50 / 1000  # exactly 4 codebooks
+    # exactly 4 codebooks; transformers before codebook_nbits sized the quantizer for 10 bits a code
+    bits = math.log2(card) if hasattr(EncodecConfig(), "codebook_nbits") else 10
+    bandwidth = 4 * bits * 50 / 1000
     cfg = EncodecConfig(sampling_rate=32000, audio_channels=1, num_filters=4, hidden_size=16, codebook_dim=16,
                         codebook_size=card, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[bandwidth],
                         num_lstm_layers=1, num_residual_layers=1, normalize=False, use_causal_conv=False)

@@ -1,26 +1,10 @@
 """ComfyUI adapters for imgen_core. Every node id starts with "InstructMusicGen"."""
-from .audio_io import InstructMusicGenLoadAudio, InstructMusicGenSaveAudio
-from .comfy_glue import inside_comfyui, register_model_folders
-from .editing import InstructMusicGenDecode, InstructMusicGenEdit, InstructMusicGenEncode
-from .loader import InstructMusicGenLoader
+from ..imgen_core import torch_problem
 
-if inside_comfyui():  # importing outside ComfyUI (tests, tools) defines the nodes only
-    register_model_folders()
+if torch_problem():  # one line in ComfyUI's log instead of a traceback; no nodes
+    print(f"[Instruct-MusicGen] not loaded: {torch_problem()}", flush=True)
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
+else:
+    from .registry import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F401
 
-NODE_CLASS_MAPPINGS = {
-    "InstructMusicGenLoader": InstructMusicGenLoader,
-    "InstructMusicGenLoadAudio": InstructMusicGenLoadAudio,
-    "InstructMusicGenEncode": InstructMusicGenEncode,
-    "InstructMusicGenEdit": InstructMusicGenEdit,
-    "InstructMusicGenDecode": InstructMusicGenDecode,
-    "InstructMusicGenSaveAudio": InstructMusicGenSaveAudio,
-}
-
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "InstructMusicGenLoader": "Load Model (Instruct-MusicGen)",
-    "InstructMusicGenLoadAudio": "Load Audio (Instruct-MusicGen)",
-    "InstructMusicGenEncode": "Encode Audio (Instruct-MusicGen)",
-    "InstructMusicGenEdit": "Instruct Edit (Instruct-MusicGen)",
-    "InstructMusicGenDecode": "Decode Audio (Instruct-MusicGen)",
-    "InstructMusicGenSaveAudio": "Save Audio WAV (Instruct-MusicGen)",
-}
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

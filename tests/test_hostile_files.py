@@ -48,7 +48,7 @@ def _adapter_with_metadata(path, **meta):
     from safetensors.torch import save_file
     from imgen_core.adapter_file import ADAPTER_FORMAT
     base = {"format": ADAPTER_FORMAT, "fusion": json.dumps({"num_layers": 2}), "lm_layers": "2", "lm_dim": "64"}
-    save_file({}, str(path), metadata={**base, **meta})
+    save_file({"x": torch.zeros(1)}, str(path), metadata={**base, **meta})  # a tensor: safetensors 0.4.1 refuses none
     return path
 
 
