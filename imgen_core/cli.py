@@ -225,11 +225,11 @@ def main(argv=None) -> int:
     import threading
 
     from . import torch_problem
-    args = parser().parse_args(argv)
-    problem = torch_problem()
+    problem = torch_problem()  # before anything imports torch's users
     if problem:
-        print(f"imgen {args.command}: error: {problem}", file=sys.stderr)
+        print(f"imgen: error: {problem}", file=sys.stderr)
         return 2
+    args = parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop_on_terminate)
     from .audio import AudioError
