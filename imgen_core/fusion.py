@@ -8,12 +8,43 @@ Text fusion: LoRA (peft) on the cross-attention q and v projections of every LM 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import FusionConfig, LMConfig
-from .lm import LayerAdapter, MusicGenLM, merge_heads
+from .lm import MusicGenLM, merge_heads
+
+
+@dataclass
+class LayerAdapter:
+    """What the audio fusion module injects into one LM layer's self-attention.
+
+    `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D], kept once per
+    item: the rows of classifier-free guidance (2B queries) share them. `rows` picks, for every
+    query position, which row of `q` is added to the LM's own query.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    gate: torch.Tensor
+    rows: torch.Tensor
+
+    def attend(self, query: torch.Tensor) -> torch.Tensor:
+        b, h, p, d = self.k.shape
+        r, _, s, _ = query.shape
+        n = r // b  # query rows per item (2 under guidance)
+        prefix_q = self.q.index_select(2, self.rows)  # [B, H, S, D]
+        # fold the n rows of an item into its query axis: one attention over the shared prefix
+        folded = query.view(n, b, h, s, d).permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
+        folded = folded + prefix_q.repeat(1, 1, n, 1)
+        out = F.scaled_dot_product_attention(folded, self.k, self.v)
+        out = out.view(b, h, n, s, d).permute(2, 0, 1, 3, 4).reshape(r, h, s, d)
+        return self.gate * out
+
 
 
 class AudioFusion(nn.Module):

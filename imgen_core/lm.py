@@ -7,7 +7,7 @@ puts LoRA on q and v). A load pre-hook splits audiocraft's fused `in_proj_weight
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,32 +38,11 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, t, h * d)
 
 
-@dataclass
-class LayerAdapter:
-    """What the audio fusion module injects into one LM layer's self-attention.
+class ExtraAttention(Protocol):
+    """A hook for attention a layer adds to its self-attention (the audio fusion's prefix, see
+    fusion.py): given the layer's queries [R, H, S, D], the output [R, H, S, D] to add."""
 
-    `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D], kept once per
-    item: the rows of classifier-free guidance (2B queries) share them. `rows` picks, for every
-    query position, which row of `q` is added to the LM's own query.
-    """
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    gate: torch.Tensor
-    rows: torch.Tensor
-
-    def attend(self, query: torch.Tensor) -> torch.Tensor:
-        b, h, p, d = self.k.shape
-        r, _, s, _ = query.shape
-        n = r // b  # query rows per item (2 under guidance)
-        prefix_q = self.q.index_select(2, self.rows)  # [B, H, S, D]
-        # fold the n rows of an item into its query axis: one attention over the shared prefix
-        folded = query.view(n, b, h, s, d).permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
-        folded = folded + prefix_q.repeat(1, 1, n, 1)
-        out = F.scaled_dot_product_attention(folded, self.k, self.v)
-        out = out.view(b, h, n, s, d).permute(2, 0, 1, 3, 4).reshape(r, h, s, d)
-        return self.gate * out
+    def attend(self, query: torch.Tensor) -> torch.Tensor: ...
 
 
 class KVCache(nn.Module):
@@ -97,7 +76,7 @@ class SelfAttention(nn.Module):
         return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
     def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None,
-                adapter: LayerAdapter | None = None, kv_len: int | None = None) -> torch.Tensor:
+                adapter: ExtraAttention | None = None, kv_len: int | None = None) -> torch.Tensor:
         """With a KV cache, `kv_len` (a Python int: no device sync) is how many cached steps the
         queries see; without it the whole cache is used under a mask computed on the device
         (static shapes, for CUDA graphs)."""
@@ -201,7 +180,7 @@ class MusicGenLM(nn.Module):
         return [layer.cross_attention.keys_values(cross_src) for layer in self.layers]
 
     def forward(self, codes: torch.Tensor, cross_kv: list, input_pos: torch.Tensor | None = None,
-                adapters: dict[int, LayerAdapter] | None = None, kv_len: int | None = None) -> torch.Tensor:
+                adapters: dict[int, ExtraAttention] | None = None, kv_len: int | None = None) -> torch.Tensor:
         b, k, s = codes.shape
         if input_pos is None:
             input_pos = torch.arange(s, device=codes.device)
