@@ -38,10 +38,10 @@ def stft_size(sample_rate: int) -> int:
     return 2 ** round(math.log2(0.046 * sample_rate))
 
 
-def stft(x: torch.Tensor, n_fft: int) -> torch.Tensor:
-    """[..., T] -> complex [..., bins, frames]: Hann window, hop n_fft / 4."""
+def stft(x: torch.Tensor, n_fft: int, hop: int | None = None) -> torch.Tensor:
+    """[..., T] -> complex [..., bins, frames]: Hann window, hop n_fft / 4 unless given."""
     flat = x.reshape(-1, x.shape[-1]).double()
-    spec = torch.stft(flat, n_fft, n_fft // 4, window=torch.hann_window(n_fft, dtype=torch.float64),
+    spec = torch.stft(flat, n_fft, hop or n_fft // 4, window=torch.hann_window(n_fft, dtype=torch.float64),
                       pad_mode="constant", return_complex=True)  # constant: clips shorter than a frame too
     return spec.reshape(*x.shape[:-1], *spec.shape[-2:])
 
@@ -98,9 +98,7 @@ def preserve_mask(recon: torch.Tensor, edited: torch.Tensor, sample_rate: int) -
     length = recon.shape[-1] + (-recon.shape[-1]) % n  # whole frames, as the MDCT pads
 
     def magnitude(x):  # STFT frames centred like the MDCT's; bins between two STFT bins averaged
-        spec = torch.stft(F.pad(x.double(), (0, length - x.shape[-1])), 2 * n, n,
-                          window=torch.hann_window(2 * n, dtype=torch.float64), pad_mode="constant",
-                          return_complex=True).abs()
+        spec = stft(F.pad(x.double(), (0, length - x.shape[-1])), 2 * n, hop=n).abs()
         return _smooth(0.5 * (spec[:-1] + spec[1:])).T
 
     r, e = magnitude(recon), magnitude(edited)
@@ -161,10 +159,10 @@ def fade_curve(length: int, sample_rate: int, ranges, fade: float) -> torch.Tens
     t = torch.arange(length, dtype=torch.float64) / sample_rate
     w = torch.zeros(length, dtype=torch.float64)
     for start, end, *own in ranges:
-        fade = own[0] if own else fade
-        if fade > 0:
-            rise = ((t - (start - fade)) / fade).clamp(0, 1)
-            fall = (((end + fade) - t) / fade).clamp(0, 1)
+        f = own[0] if own else fade
+        if f > 0:
+            rise = ((t - (start - f)) / f).clamp(0, 1)
+            fall = (((end + f) - t) / f).clamp(0, 1)
             ramp = torch.minimum(rise, fall)
             one = 0.5 - 0.5 * torch.cos(math.pi * ramp)
         else:

@@ -51,6 +51,15 @@ def test_model_rendering_is_the_models_output_as_before(tiny_editor):
     assert rate == expected_rate == 32000 and torch.equal(out, expected)
 
 
+def test_each_range_fades_over_its_own_length():
+    """A range with its own fade leaves the next range's default fade as it was."""
+    w = render.fade_curve(1000, 100, [(1.0, 2.0, 0.5), (6.0, 7.0)], fade=0.05)
+    t = torch.arange(1000) / 100
+    assert (w[(t > 0.55) & (t < 0.95)] > 0).all()  # the first range fades in over 0.5 s
+    assert (w[(t > 5.0) & (t < 5.94)] == 0).all() and w[(t > 5.95) & (t < 6.0)].gt(0).all()  # the second over 0.05 s
+    assert (w[(t >= 6.0) & (t <= 7.0)] == 1).all() and (w[t > 7.06] == 0).all()
+
+
 def test_a_range_regenerates_only_its_frames(tiny_editor):
     codes, _ = tiny_editor.encode_source(song(6.0), 44100)
     text = tiny_editor.instruction("remove", "drums")
