@@ -18,33 +18,32 @@ from .config import FusionConfig, LMConfig
 from .lm import MusicGenLM, merge_heads
 
 
-@dataclass
+@dataclass(frozen=True)
 class LayerAdapter:
     """What the audio fusion module injects into one LM layer's self-attention.
 
     `q`, `k`, `v` are the condition stream's per-head projections [B, H, P, D], kept once per
-    item: the rows of classifier-free guidance (2B queries) share them. `rows` picks, for every
-    query position, which row of `q` is added to the LM's own query.
+    item: the rows of classifier-free guidance (2B queries) share them. A query at sequence
+    position s adds row min(s, `last_row`) of `q` to its own query.
     """
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     gate: torch.Tensor
-    rows: torch.Tensor
+    last_row: int
 
-    def attend(self, query: torch.Tensor) -> torch.Tensor:
+    def attend(self, query: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         b, h, p, d = self.k.shape
         r, _, s, _ = query.shape
         n = r // b  # query rows per item (2 under guidance)
-        prefix_q = self.q.index_select(2, self.rows)  # [B, H, S, D]
+        prefix_q = self.q.index_select(2, positions.clamp(max=self.last_row))  # [B, H, S, D]
         # fold the n rows of an item into its query axis: one attention over the shared prefix
         folded = query.view(n, b, h, s, d).permute(1, 2, 0, 3, 4).reshape(b, h, n * s, d)
         folded = folded + prefix_q.repeat(1, 1, n, 1)
         out = F.scaled_dot_product_attention(folded, self.k, self.v)
         out = out.view(b, h, n, s, d).permute(2, 0, 1, 3, 4).reshape(r, h, s, d)
         return self.gate * out
-
 
 
 class AudioFusion(nn.Module):
@@ -81,10 +80,11 @@ class AudioFusion(nn.Module):
             out.append((q, k, v))
         return out
 
-    def adapters(self, prefixes, rows: torch.Tensor) -> dict[int, LayerAdapter]:
-        """LM layer index -> the adapter that layer applies, with prefix rows `rows` for the queries.
-        The prefixes stay at the items' batch size; guidance rows share them."""
-        return {self.start_layer + i: LayerAdapter(q, k, v, self.gates[i], rows)
+    def adapters(self, prefixes, last_row: int) -> dict[int, LayerAdapter]:
+        """LM layer index -> the adapter that layer applies. Queries past `last_row` use that row
+        of the prefix: teacher forcing reaches the special column, generation stops at the last
+        frame. The prefixes stay at the items' batch size; guidance rows share them."""
+        return {self.start_layer + i: LayerAdapter(q, k, v, self.gates[i], last_row)
                 for i, (q, k, v) in enumerate(prefixes)}
 
 

@@ -1,8 +1,15 @@
-"""The decode loop: one window of instructed editing, token by token along the delay pattern."""
+"""The decode loop: one window of instructed editing, token by token along the delay pattern.
+
+`generate` = `prepare` (the pattern sequence, the text keys and values, the audio prefixes) +
+`prefill` (every prompt position in one pass) + `loop` (one position per step). Every step,
+eager or replayed from a CUDA graph, is `take_step`: the LM over the cache, guidance, sampling and
+the write of the chosen tokens, all on the device with the position passed in as a tensor.
+"""
 from __future__ import annotations
 
-import dataclasses
+import functools
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -13,54 +20,147 @@ from .sampling import check_sampling, sample
 
 UNKNOWN = -1
 
+Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [B, K, card] -> token ids [B, K]
+Step = Callable[[int], None]  # decides column `offset` of the sequence from the columns before it
+
+
+@dataclass
+class Decoding:
+    """One window being decoded. `seq` [B, K, steps] is the delay-pattern sequence, UNKNOWN where
+    not decided yet; every step reads its previous column and writes the next one."""
+
+    seq: torch.Tensor
+    valid: torch.Tensor  # [K, steps]: where the pattern holds a real code (else the special token)
+    special: int
+    cross_kv: list
+    adapters: dict
+    guidance: float | None  # classifier-free guidance coefficient; None: no null rows
+    start: int  # the first column to sample (earlier ones are the prompt's)
+
+    @property
+    def steps(self) -> int:
+        return self.seq.shape[-1]
+
+    @property
+    def rows(self) -> int:
+        """Rows the LM runs on: the items, and their null-condition twins under guidance."""
+        return self.seq.shape[0] * (2 if self.guidance is not None else 1)
+
+
+def prepare(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
+            cfg_coef: float | None, prompt: torch.Tensor | None) -> Decoding:
+    """Check the inputs and compute what does not change during the window."""
+    cfg = model.lm_cfg
+    model.check_codes(cond_codes, "condition codes")
+    b, k, frames = cond_codes.shape
+    if frames < 1:
+        raise ValueError("the condition has no frames")
+    rows = 2 * b if cfg_coef is not None else b
+    if text_cond.shape[0] != rows:
+        raise ValueError(f"text condition has {text_cond.shape[0]} rows; expected {rows} "
+                         f"({'conditional + null rows for guidance' if cfg_coef is not None else 'one per item'})")
+    device = model.device
+    cond_codes, text_cond = cond_codes.to(device), text_cond.to(device=device, dtype=model.dtype)
+
+    gen_codes = torch.full((b, k, frames), UNKNOWN, dtype=torch.long, device=device)
+    prompt_frames = 0
+    if prompt is not None:
+        model.check_codes(prompt, "prompt codes")
+        prompt_frames = prompt.shape[-1]
+        if prompt_frames >= frames:
+            raise ValueError(f"prompt ({prompt_frames} frames) must be shorter than the window ({frames})")
+        gen_codes[..., :prompt_frames] = prompt.to(device)
+    prefixes = model.prefixes(cond_codes)
+    adapters = {} if prefixes is None else model.fusion.adapters(prefixes, last_row=frames - 1)
+    return Decoding(seq=pattern.build_sequence(gen_codes, cfg.delays, cfg.special_token),
+                    valid=pattern.valid_mask(frames, cfg.delays, device), special=cfg.special_token,
+                    cross_kv=model.lm.cross_keys_values(text_cond), adapters=adapters, guidance=cfg_coef,
+                    start=prompt_frames + 1)  # step `start` holds frame `prompt_frames` of codebook 0
+
+
+def take_step(lm, d: Decoding, sampler: Sampler, pos: torch.Tensor, kv_len: int):
+    """Run the LM on the sequence columns `pos` (their keys and values join the cache), sample the
+    column after the last of them and write it where the sequence does not already hold a code.
+    The queries attend the first `kv_len` cached positions under a mask computed from `pos`: the
+    eager loop passes the length so far, a CUDA graph the whole cache (static shapes)."""
+    inp = d.seq.index_select(2, pos)
+    if d.guidance is not None:
+        inp = torch.cat([inp, inp], dim=0)
+    logits = lm(inp, d.cross_kv, pos, d.adapters, kv_len)[:, :, -1].float()  # [rows, K, card]
+    if d.guidance is not None:
+        cond, uncond = logits.chunk(2, dim=0)
+        logits = uncond + (cond - uncond) * d.guidance
+    col = pos[-1:] + 1
+    nxt = torch.where(d.valid.index_select(1, col)[None, :, 0], sampler(logits), d.special)
+    cur = d.seq.index_select(2, col)[..., 0]
+    d.seq.index_copy_(2, col, torch.where(cur == UNKNOWN, nxt, cur)[..., None])
+
+
+def prefill(lm, d: Decoding, sampler: Sampler):
+    """The prompt's columns in one pass; decides column `d.start`."""
+    take_step(lm, d, sampler, torch.arange(d.start, device=d.seq.device), kv_len=d.start)
+
+
+def eager_step(lm, d: Decoding, sampler: Sampler) -> Step:
+    def step(offset: int):
+        take_step(lm, d, sampler, torch.tensor([offset - 1], device=d.seq.device), kv_len=offset)
+    return step
+
 
 class CudaGraphStep:
-    """One single-position decoding step captured as a CUDA graph and replayed: the whole LM in
-    one launch. Inputs go through static buffers; the KV cache is attended in full under a
-    mask computed on the device, so every replay has the same shapes and addresses."""
+    """`take_step` over the whole cache captured once as a CUDA graph and replayed: the LM,
+    guidance and sampling in one launch, with no host synchronisation between steps."""
 
-    def __init__(self, lm, cross_kv, adapters, rows: int, first_pos: int, frames: int):
-        cfg, device = lm.cfg, lm.out_norm.weight.device
-        self.lm, self.cross_kv, self.frames = lm, cross_kv, frames
-        self.tokens = torch.full((rows, cfg.n_q, 1), cfg.special_token, dtype=torch.long, device=device)
-        self.pos = torch.full((1,), first_pos, dtype=torch.long, device=device)
-        self.rows = self.pos.clamp(max=frames - 1)
-        self.adapters = {i: dataclasses.replace(a, rows=self.rows) for i, a in adapters.items()}
-        # warm-up writes into the cache at `first_pos`, which the first real step overwrites
+    def __init__(self, lm, d: Decoding, sampler: Sampler, generator: torch.Generator | None, offset: int):
+        device = d.seq.device
+        self.pos = torch.tensor([offset - 1], device=device)
+        run = functools.partial(take_step, lm, d, sampler, self.pos, d.steps)
+        # the warm-up runs really decide a column and draw random numbers: undo both after
+        rng = generator or torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        seq, state = d.seq.clone(), rng.get_state()
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._forward()
+                run()
         torch.cuda.current_stream(device).wait_stream(side)
+        d.seq.copy_(seq)
+        rng.set_state(state)
         self.graph = torch.cuda.CUDAGraph()
+        if generator is not None:  # the default generator is registered already
+            self.graph.register_generator_state(generator)
         with torch.cuda.graph(self.graph):
-            self.logits = self._forward()
+            run()
 
-    def _forward(self):
-        return self.lm(self.tokens, self.cross_kv, self.pos, self.adapters)[:, :, -1]
-
-    def __call__(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
-        self.tokens.copy_(tokens)
-        self.pos.fill_(pos)
-        self.rows.fill_(min(pos, self.frames - 1))
+    def __call__(self, offset: int):
+        self.pos.fill_(offset - 1)
         self.graph.replay()
-        return self.logits
 
 
-def _graph_or_none(use: str | bool, lm, cross_kv, adapters, rows, first_pos, frames):
-    device = lm.out_norm.weight.device
+def choose_step(use: str | bool, lm, d: Decoding, sampler: Sampler, generator, offset: int) -> Step:
+    """The step the loop runs from column `offset` on: a CUDA graph where asked for and possible
+    ("auto": on CUDA devices, falling back to eager steps with a warning), else eager."""
+    device = d.seq.device
     if use is False or use == "off" or device.type != "cuda":
         if use is True or use == "on":
             raise ValueError("cuda_graph=on needs the model on a CUDA device")
-        return None
+        return eager_step(lm, d, sampler)
     try:
-        return CudaGraphStep(lm, cross_kv, adapters, rows, first_pos, frames)
+        return CudaGraphStep(lm, d, sampler, generator, offset)
     except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager steps
         if use is True or use == "on":
             raise
         warnings.warn(f"CUDA graph capture failed, decoding eagerly: {e}")
-        return None
+        return eager_step(lm, d, sampler)
+
+
+def loop(step: Step, d: Decoding, progress: Callable[[int, int], None] | None):
+    """Decide the columns after `d.start`, one step each."""
+    total = d.steps - d.start
+    for offset in range(d.start + 1, d.steps):
+        step(offset)
+        if progress is not None:
+            progress(offset - d.start + 1, total)
 
 
 @torch.no_grad()
@@ -77,66 +177,19 @@ def generate(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch
     (on CUDA devices), "on" or "off".
     """
     check_sampling(temperature, top_k, top_p, cfg_coef)
-    cfg = model.lm_cfg
-    model.check_codes(cond_codes, "condition codes")
-    b, k, frames = cond_codes.shape
-    if frames < 1:
-        raise ValueError("the condition has no frames")
-    rows_per_batch = 2 if cfg_coef is not None else 1
-    if text_cond.shape[0] != rows_per_batch * b:
-        raise ValueError(f"text condition has {text_cond.shape[0]} rows; expected {rows_per_batch * b} "
-                         f"({'conditional + null rows for guidance' if cfg_coef is not None else 'one per item'})")
-    device = model.device
-    cond_codes, text_cond = cond_codes.to(device), text_cond.to(device=device, dtype=model.dtype)
-
-    steps = pattern.pattern_length(frames, cfg.delays)
-    gen_codes = torch.full((b, k, frames), UNKNOWN, dtype=torch.long, device=device)
-    prompt_frames = 0
-    if prompt is not None:
-        model.check_codes(prompt, "prompt codes")
-        prompt_frames = prompt.shape[-1]
-        if prompt_frames >= frames:
-            raise ValueError(f"prompt ({prompt_frames} frames) must be shorter than the window ({frames})")
-        gen_codes[..., :prompt_frames] = prompt.to(device)
-    seq = pattern.build_sequence(gen_codes, cfg.delays, cfg.special_token)
-    valid = pattern.valid_mask(frames, cfg.delays, device)
-    special = torch.full((b, k), cfg.special_token, dtype=torch.long, device=device)
-    start = prompt_frames + 1  # the first step that holds frame `prompt_frames` of codebook 0
-
-    adapters = {}
-    prefixes = model.prefixes(cond_codes)
-    if prefixes is not None:
-        adapters = model.fusion.adapters(prefixes, torch.zeros(1, dtype=torch.long, device=device))
-    cross_kv = model.lm.cross_keys_values(text_cond)
-    model.lm.setup_cache(rows_per_batch * b, steps)
-    graph = None
+    d = prepare(model, cond_codes, text_cond, cfg_coef, prompt)
+    sampler = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    lm = model.lm
+    lm.setup_cache(d.rows, d.steps)
+    step = None
     try:
-        prev = 0
-        for offset in range(start, steps):
-            inp = seq[..., prev:offset]
-            if rows_per_batch == 2:
-                inp = torch.cat([inp, inp], dim=0)
-            if graph is not None:
-                logits = graph(inp, prev)
-            else:
-                pos = torch.arange(prev, offset, device=device)
-                for adapter in adapters.values():
-                    adapter.rows = pos.clamp(max=frames - 1)
-                logits = model.lm(inp, cross_kv, pos, adapters, kv_len=offset)[:, :, -1]
-                if offset == start and offset + 1 < steps:  # later steps are single positions
-                    graph = _graph_or_none(cuda_graph, model.lm, cross_kv, adapters, inp.shape[0], offset, frames)
-            logits = logits.float()  # [rows, K, card]
-            if rows_per_batch == 2:
-                cond, uncond = logits.split(b, dim=0)
-                logits = uncond + (cond - uncond) * cfg_coef
-            nxt = sample(logits, temperature, top_k, top_p, generator)  # [B, K]
-            nxt = torch.where(valid[:, offset][None], nxt, special)
-            cur = seq[..., offset]
-            seq[..., offset] = torch.where(cur == UNKNOWN, nxt, cur)
-            prev = offset
-            if progress is not None:
-                progress(offset - start + 1, steps - start)
+        prefill(lm, d, sampler)
+        if progress is not None:
+            progress(1, d.steps - d.start)
+        if d.start + 1 < d.steps:
+            step = choose_step(cuda_graph, lm, d, sampler, generator, d.start + 1)
+            loop(step, d, progress)
     finally:
-        del graph
-        model.lm.clear_cache()
-    return pattern.revert_sequence(seq, cfg.delays, frames)
+        del step  # a captured graph holds memory from the cache's pool
+        lm.clear_cache()
+    return pattern.revert_sequence(d.seq, model.lm_cfg.delays, cond_codes.shape[-1])

@@ -40,9 +40,10 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 class ExtraAttention(Protocol):
     """A hook for attention a layer adds to its self-attention (the audio fusion's prefix, see
-    fusion.py): given the layer's queries [R, H, S, D], the output [R, H, S, D] to add."""
+    fusion.py): given the layer's queries [R, H, S, D] and their sequence positions [S], the
+    output [R, H, S, D] to add."""
 
-    def attend(self, query: torch.Tensor) -> torch.Tensor: ...
+    def attend(self, query: torch.Tensor, positions: torch.Tensor) -> torch.Tensor: ...
 
 
 class KVCache(nn.Module):
@@ -75,26 +76,22 @@ class SelfAttention(nn.Module):
         q, k, v = qkv.chunk(3, dim=-1)
         return split_heads(q, self.num_heads), split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
-    def forward(self, x: torch.Tensor, input_pos: torch.Tensor | None,
-                adapter: ExtraAttention | None = None, kv_len: int | None = None) -> torch.Tensor:
-        """With a KV cache, `kv_len` (a Python int: no device sync) is how many cached steps the
-        queries see; without it the whole cache is used under a mask computed on the device
-        (static shapes, for CUDA graphs)."""
+    def forward(self, x: torch.Tensor, input_pos: torch.Tensor, adapter: ExtraAttention | None = None,
+                kv_len: int | None = None) -> torch.Tensor:
+        """Without a KV cache, causal attention over `x`. With one, the queries at `input_pos`
+        attend the first `kv_len` cached positions (a Python int: no device sync) under a mask
+        computed on the device from `input_pos`, so a step has static shapes when `kv_len` is
+        the cache's length (CUDA graphs)."""
         q, k, v = self.project(x)
-        if self.kv_cache is None or input_pos is None:
+        if self.kv_cache is None:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
         else:
             k_all, v_all = self.kv_cache.update(input_pos, k, v)
-            mask = None
-            if kv_len is not None:
-                k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
-                if q.shape[2] > 1:
-                    mask = torch.arange(kv_len, device=x.device)[None, :] <= input_pos[:, None]
-            else:
-                mask = torch.arange(k_all.shape[2], device=x.device)[None, :] <= input_pos[:, None]
+            k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
+            mask = torch.arange(k_all.shape[2], device=x.device)[None, :] <= input_pos[:, None]
             out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         if adapter is not None:
-            out = out + adapter.attend(q)
+            out = out + adapter.attend(q, input_pos)
         return self.out_proj(merge_heads(out))
 
 

@@ -67,8 +67,7 @@ class InstructMusicGen(nn.Module):
         if self.fusion is not None and cond_codes is not None:
             if cond_codes.shape[-1] != t:
                 raise ValueError(f"condition has {cond_codes.shape[-1]} frames, target has {t}")
-            rows = torch.arange(t + 1, device=seq.device)
-            adapters = self.fusion.adapters(self.prefixes(cond_codes), rows)
+            adapters = self.fusion.adapters(self.prefixes(cond_codes), last_row=t)
         cross_kv = self.lm.cross_keys_values(text_cond)
         return seq, self.lm(seq, cross_kv, adapters=adapters)
 

@@ -15,9 +15,10 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
         probs = _keep_top_p(probs, top_p)
     elif top_k > 0:
         probs = _keep_top_k(probs, min(top_k, probs.shape[-1]))
-    flat = probs.reshape(-1, probs.shape[-1])
-    ids = torch.multinomial(flat, 1, generator=generator)
-    return ids.reshape(probs.shape[:-1])
+    # one draw from each row, as torch.multinomial draws it (the same numbers for the same
+    # generator) but without its validity check, which waits for the device
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 def _keep_top_k(probs: torch.Tensor, k: int) -> torch.Tensor:

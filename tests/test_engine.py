@@ -1,8 +1,12 @@
 """The optimized decode path against the reference path."""
+import functools
+
 import pytest
 import torch
 
-from imgen_core.generate import generate
+from imgen_core import pattern
+from imgen_core.generate import eager_step, generate, loop, prefill, prepare, take_step
+from imgen_core.sampling import sample
 from imgen_core.tiny import TINY_LM, tiny_model
 
 
@@ -55,3 +59,56 @@ def test_cuda_engines_reproduce_the_reference_greedy_tokens(fixture, load_fixtur
     for mode in ("off", "on"):
         tokens = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1, cuda_graph=mode)
         assert torch.equal(tokens.cpu(), ref["gen_tokens"]), mode
+
+
+def _decode(model, ref, step_for, **sampling):
+    """prepare + prefill + loop with the loop's step built by `step_for(lm, d, sampler)`."""
+    sampling = {"temperature": 1.0, "top_k": 1, "top_p": 0.0, "generator": None, **sampling}
+    with torch.no_grad():
+        d = prepare(model, ref["cond_codes"], ref["cfg_text_cond"], 3.0, None)
+        sampler = functools.partial(sample, **sampling)
+        model.lm.setup_cache(d.rows, d.steps)
+        try:
+            prefill(model.lm, d, sampler)
+            loop(step_for(model.lm, d, sampler), d, None)
+        finally:
+            model.lm.clear_cache()
+    return pattern.revert_sequence(d.seq, model.lm_cfg.delays, ref["cond_codes"].shape[-1])
+
+
+def whole_cache_step(lm, d, sampler):
+    """The step a CUDA graph captures: static shapes, the whole cache attended under the mask."""
+    return lambda offset: take_step(lm, d, sampler, torch.tensor([offset - 1]), kv_len=d.steps)
+
+
+def test_the_captured_steps_attention_decodes_the_eager_tokens(fixture, load_fixture):
+    """The graph and the eager loop run the same take_step; only the attended length differs
+    (the whole cache under the mask, or the part written so far). Same greedy tokens as the
+    official decode loop either way, and the same sampled tokens for the same seed."""
+    path, ref = fixture
+    model, _ = load_fixture(path)
+    model.merge_lora()
+    assert torch.equal(_decode(model, ref, eager_step), ref["gen_tokens"])
+    assert torch.equal(_decode(model, ref, whole_cache_step), ref["gen_tokens"])
+    sampled = [_decode(model, ref, step, top_k=50, generator=torch.Generator().manual_seed(7))
+               for step in (eager_step, whole_cache_step)]
+    assert torch.equal(*sampled) and not torch.equal(sampled[0], ref["gen_tokens"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_sampling_is_seeded_and_leaves_no_trace_of_its_warm_up(fixture, load_fixture):
+    """The capture's warm-up decides a column and draws random numbers; both are undone, so a
+    seed gives the same tokens twice, with a user's generator and with the default one."""
+    path, ref = fixture
+    model, _ = load_fixture(path)
+    model = model.cuda().merge_lora()
+
+    def run(**kw):
+        return generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=50, cuda_graph="on", **kw)
+    a = run(generator=torch.Generator(device="cuda").manual_seed(5))
+    b = run(generator=torch.Generator(device="cuda").manual_seed(5))
+    assert torch.equal(a, b) and not torch.equal(a.cpu(), ref["gen_tokens"])
+    torch.cuda.manual_seed(5)
+    c = run()
+    torch.cuda.manual_seed(5)
+    assert torch.equal(c, run())

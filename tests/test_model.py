@@ -44,15 +44,12 @@ def test_teacher_forcing_and_cached_decoding_agree():
     with torch.no_grad():
         seq, full = model.sequence_logits(target, cond, text)
         prefixes = model.prefixes(cond)
-        adapters = model.fusion.adapters(prefixes, torch.zeros(1, dtype=torch.long))
+        adapters = model.fusion.adapters(prefixes, last_row=target.shape[-1])
         kv = model.lm.cross_keys_values(text)
         model.lm.setup_cache(1, seq.shape[-1])
         steps = []
         for s in range(seq.shape[-1]):
-            pos = torch.tensor([s])
-            for a in adapters.values():
-                a.rows = pos
-            steps.append(model.lm(seq[..., s:s + 1], kv, pos, adapters))
+            steps.append(model.lm(seq[..., s:s + 1], kv, torch.tensor([s]), adapters, kv_len=s + 1))
         model.lm.clear_cache()
     assert (torch.cat(steps, dim=2) - full).abs().max() < 1e-5
 

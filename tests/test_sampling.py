@@ -30,3 +30,20 @@ def test_seeded_generator_reproduces():
     a = sample(logits, top_k=20, generator=torch.Generator().manual_seed(5))
     b = sample(logits, top_k=20, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b) and a.shape == (8,)
+
+
+def test_draws_are_torch_multinomials_for_the_same_generator():
+    """The draw avoids torch.multinomial (it waits for the device, so it cannot sit inside a CUDA
+    graph) yet picks the same tokens from the same generator state: seeds keep their outputs."""
+    logits = torch.randn(2, 4, 300, generator=torch.Generator().manual_seed(1))
+    for kw in ({}, {"top_k": 50}, {"top_p": 0.8}, {"temperature": 0.7, "top_k": 250}):
+        ours = sample(logits, generator=torch.Generator().manual_seed(3), **kw)
+        probs = torch.softmax(logits / kw.get("temperature", 1.0), dim=-1)
+        if "top_k" in kw:
+            probs = probs * (probs >= torch.topk(probs, kw["top_k"], dim=-1).values[..., -1:])
+        if "top_p" in kw:
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+            keep = sorted_probs.cumsum(-1) - sorted_probs <= kw["top_p"]
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs * keep)
+        theirs = torch.multinomial(probs.reshape(-1, 300), 1, generator=torch.Generator().manual_seed(3))
+        assert torch.equal(ours, theirs.reshape(2, 4)), kw
