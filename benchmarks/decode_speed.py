@@ -7,8 +7,10 @@ Every engine decodes `--steps` steps (default 250, 5 s of audio) with classifier
 (batch 2), top-k sampling, random weights, the same sizes. Printed per engine: ms per step and the
 real-time factor (seconds of audio per second of decoding); and the floor: the bytes of weight
 one step must read over the measured memory bandwidth. A table on stdout and a JSON file.
-audiocraft cannot be a dependency (it pins old torch); the script does not measure it and says
-whether it could even be imported here.
+audiocraft cannot be a dependency (it pins old torch): its row runs when it can be imported (in a
+scratch environment: `pip install --no-deps audiocraft` beside this project's torch, plus the
+modules its imports ask for) and otherwise says why not. Peak memory (RSS, and VRAM on CUDA) is
+printed for every row.
 """
 from __future__ import annotations
 
@@ -198,12 +200,39 @@ def time_transformers(cfg, device, dtype, steps) -> dict:
 
 
 def time_audiocraft(cfg, device, dtype, steps) -> dict | str:
+    """audiocraft's own LMModel.generate at MusicGen's settings (pre-norm, no biases, sin positions,
+    delay pattern), text through a lookup-table conditioner (the T5 encoder runs once per edit and
+    is not timed in any row). A text result says why it could not run."""
     try:
-        from audiocraft.modules.conditioners import ConditioningAttributes  # noqa: F401
-        from audiocraft.models.lm import LMModel  # noqa: F401
+        from audiocraft.modules import transformer as ac_transformer
+        from audiocraft.models.lm import LMModel
+        from audiocraft.modules.codebooks_patterns import DelayedPatternProvider
+        from audiocraft.modules.conditioners import (ConditionFuser, ConditioningAttributes,
+                                                     ConditioningProvider, LUTConditioner)
     except Exception as e:  # noqa: BLE001
-        return f"skipped: audiocraft is not importable here ({type(e).__name__}); install it in a scratch environment to compare"
-    return "not measured: importable here, but this script has no audiocraft LM runner"
+        return f"skipped: audiocraft is not importable here ({type(e).__name__}: {e})"[:300]
+    ac_transformer.set_efficient_attention_backend("torch")  # xformers' kernels need its own torch build
+    conditioner = LUTConditioner(n_bins=64, dim=cfg.dim, output_dim=cfg.dim, tokenizer="noop")
+    fuser = ConditionFuser({"cross": ["description"], "prepend": [], "sum": [], "input_interpolate": []})
+    with torch.device(device):
+        model = LMModel(DelayedPatternProvider(cfg.n_q), ConditioningProvider({"description": conditioner}),
+                        fuser, n_q=cfg.n_q, card=cfg.card, dim=cfg.dim,
+                        num_heads=cfg.num_heads, hidden_scale=cfg.hidden_scale, norm_first=True,
+                        bias_proj=False, bias_ff=False, bias_attn=False, causal=True, cross_attention=True,
+                        memory_efficient=True, positional_embedding="sin", activation="gelu",
+                        num_layers=cfg.num_layers)
+    model = model.to(dtype).eval()
+    conditions = [ConditioningAttributes(text={"description": "add drums"})]
+    kwargs = dict(conditions=conditions, use_sampling=True, top_k=250, cfg_coef=3.0)
+    with torch.no_grad():
+        model.generate(max_gen_len=8, **kwargs)  # warm-up
+        sync(device)
+        start = time.perf_counter()
+        model.generate(max_gen_len=steps, **kwargs)
+        sync(device)
+    elapsed = time.perf_counter() - start
+    return {"ms_per_step": 1000 * elapsed / steps, "rtf": (steps - 1 - cfg.max_delay) / FRAME_RATE / elapsed,
+            "peak_rss_gb": peak_rss_gb()}
 
 
 def measure_one(spec: dict) -> dict:
@@ -212,6 +241,9 @@ def measure_one(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     if spec["engine"] == "transformers":
         return time_transformers(cfg, device, DTYPES[spec["dtype"]], spec["steps"])
+    if spec["engine"] == "audiocraft":
+        out = time_audiocraft(cfg, device, DTYPES[spec["dtype"]], spec["steps"])
+        return out if isinstance(out, dict) else {"error": out}
     if spec["engine"] == "memory":
         peak, weights = memory_of_10s_edit(cfg, device, spec["dtype"], spec.get("memory_steps"))
         return {"peak_memory_gb": peak, "weights_gb": weights}
@@ -233,6 +265,7 @@ def plan(device, sizes) -> list[dict]:
     for size in sizes:
         hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
         rows.append({"size": size, "engine": "transformers", "dtype": hf_dtype, "label": f"transformers generate {hf_dtype}"})
+        rows.append({"size": size, "engine": "audiocraft", "dtype": hf_dtype, "label": f"audiocraft LM generate {hf_dtype}"})
         for name in (["fp32", "bf16", "fp16", "int8"] if device.type == "cuda" else ["fp32", "bf16", "int8"]):
             if device.type == "cuda" and size == "large" and name == "fp32":
                 continue  # 13 GB of fp32 weights; the 16-bit rows are the ones that matter
@@ -293,7 +326,8 @@ def main():
                   f"weights; T5 and EnCodec not counted)")
             continue
         if "ms_per_step" not in row:
-            print(f"{row['size']:6} {row['label']:30} failed: {row['error']}")
+            reason = row["error"] if row["error"].startswith("skipped") else f"failed: {row['error']}"
+            print(f"{row['size']:6} {row['label']:30} {reason}")
             continue
         if spec["engine"] == "transformers":
             baseline[row["size"]] = row["ms_per_step"]
@@ -305,9 +339,6 @@ def main():
               f"{row['x_floor']:8.2f} {row.get('speedup_vs_transformers', float('nan')):15.2f}x"
               + (f"  peak VRAM {row['peak_vram_gb']:.2f} GiB" if "peak_vram_gb" in row else
                  f"  peak RSS {row.get('peak_rss_gb', float('nan')):.2f} GiB"), flush=True)
-    ac = time_audiocraft(None, device, torch.float32, args.steps)
-    print(f"{'all':6} {'audiocraft LM generate':30} {ac}")
-    result["audiocraft"] = ac
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
