@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from .adapter_file import adapter_metadata, write_safetensors
+from . import ranks
 from .config import FusionConfig, LMConfig
 from .files import append_line, replacing
 from .data import TripletDataset, read_songs
@@ -124,14 +124,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, editor=None, log: Callable[[str], None] = print):
         from .loader import load_editor, pick_device
         self.cfg, self.log = cfg, log
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = pick_device(cfg.device)
-        if self.world > 1 and not dist.is_initialized():
-            if self.device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.rank, self.world = ranks.world()
+        self.device = ranks.join(pick_device(cfg.device))
         torch.manual_seed(cfg.seed)  # LoRA's initial A matrices come from the global generator
         if editor is None:
             editor = load_editor(cfg.base, cfg.init_adapter, cfg.t5, cfg.encodec, device="cpu", dtype="fp32",
@@ -293,11 +287,7 @@ class Trainer:
         return record
 
     def close(self):
-        """Leave the process group together: a rank that exits while another still writes can
-        take gloo's threads down with it (an abort at exit)."""
-        if self.world > 1 and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+        ranks.leave()
 
     def ranks_agree(self) -> bool:
         """Every rank holds bit-identical trainable parameters (compared through their checksums)."""
