@@ -26,9 +26,12 @@ LEFT_OUT = ["tests/test_comfyui.py", "tests/test_browser.py", "tests/test_workfl
 
 
 def declared() -> list[str]:
-    """The runtime dependencies as pyproject.toml declares them, e.g. "torch>=2.6"."""
+    """The dependencies the suite runs on as pyproject.toml declares them, e.g. "torch>=2.6": the
+    runtime ones and the libraries of the test extra (pytest and playwright aside: tools)."""
     with open(REPO / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["dependencies"]
+        project = tomllib.load(f)["project"]
+    tools = ("pytest", "playwright")
+    return project["dependencies"] + [r for r in project["optional-dependencies"]["test"] if not r.startswith(tools)]
 
 
 def pinned_to_floor(requirement: str) -> str:

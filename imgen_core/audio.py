@@ -15,6 +15,8 @@ import torch
 from .files import replacing
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this there is nothing to edit
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")  # what is read as audio
+WRITABLE_SUFFIXES = (".wav", ".flac", ".ogg")  # what write_audio writes
 
 
 class AudioError(ValueError):
@@ -207,9 +209,9 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     wav = wav.detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]
-    fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
+    fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG"))).get(path.suffix.lower())
     if fmt is None:
-        raise AudioError(f"unsupported output extension {path.suffix!r}; use .wav, .flac or .ogg")
+        raise AudioError(f"unsupported output extension {path.suffix!r}; use {', '.join(WRITABLE_SUFFIXES)}")
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
     data = wav.clamp(-1, 1).numpy().T
     if like is not None and like.subtype in _NATIVE and sf.check_format(fmt, like.subtype):

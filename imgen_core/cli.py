@@ -14,18 +14,32 @@ EnCodec (facebook/encodec_32khz) are downloaded from Hugging Face on first use, 
 paths. Set HF_HUB_OFFLINE=1 (or --offline) to never touch the network."""
 
 
-def _progress_bar(desc: str):
+def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
     from tqdm import tqdm
     bar = None
 
     def update(done: int, total: int):
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="step")
+            bar = tqdm(total=total, desc=desc, unit=unit, position=position, leave=position == 0)
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
     return update
+
+
+def _add_model_args(p: argparse.ArgumentParser):
+    from .editor import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_ENCODEC, DEFAULT_T5
+    p.add_argument("--base", default=DEFAULT_BASE, help=f"base MusicGen: state_dict.bin, its folder or a HF repo (default {DEFAULT_BASE})")
+    p.add_argument("--adapter", default=DEFAULT_ADAPTER, help=f"adapter .safetensors, official .ckpt or HF repo (default {DEFAULT_ADAPTER})")
+    p.add_argument("--t5", default=DEFAULT_T5, help=f"T5 folder or HF repo (default {DEFAULT_T5})")
+    p.add_argument("--encodec", default=DEFAULT_ENCODEC, help=f"EnCodec folder or HF repo (default {DEFAULT_ENCODEC})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto; under torchrun "
+                   "each process takes the GPU of its local rank)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+                   help="model precision (default: fp16 on GPU, fp32 on CPU); int8: the LM's weights in int8, half "
+                   "the memory of fp16, activations in fp16 on GPU and bf16 on CPU")
+    p.add_argument("--offline", action="store_true", help="never use the network")
 
 
 def _add_generation_args(p: argparse.ArgumentParser):
@@ -41,38 +55,82 @@ def _add_generation_args(p: argparse.ArgumentParser):
 
 
 def cmd_edit(args) -> int:
-    from .audio import is_same_file, read_recording, write_audio
+    from . import ranks
+    from .audio import read_recording, write_audio
+    from .batch import is_batch, plan
     from .editor import Editor, check_output_form, check_range, resolve_render
     from .instructions import operation_of
+    from .loader import pick_device
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
         raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
-    out = Path(args.output)
-    if is_same_file(out, args.input):
-        raise FileExistsError(f"the output {out} is the input file; choose another name (inputs are never "
-                              f"replaced, not even with --overwrite)")
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
-    rec = read_recording(args.input)
+    batch = args.batch = is_batch(args.input, args.output)
+    jobs = plan(args.input, args.output)
     rate = args.rate if args.rate in (None, "model", "input") else int(args.rate)
     ranged = args.start is not None or args.end is not None
-    if ranged:
-        check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
-    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, args.device, args.dtype,
+    if not batch:
+        if ranks.world()[1] > 1:
+            raise ValueError("under torchrun, give several inputs or a folder and an output folder to share out")
+        if jobs[0][1].exists() and not args.overwrite:
+            raise FileExistsError(f"{jobs[0][1]} already exists; pass --overwrite to replace it")
+        rec = read_recording(jobs[0][0])
+        if ranged:
+            check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
+    device = ranks.join(pick_device(args.device))
+    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
                                     offline=True if args.offline else None)
     text = editor.instruction(args.op, args.stem, args.instruction)
     mode = resolve_render(args.render, [operation_of(text)])
-    check_output_form(mode, ranged, rate, args.channels, rec.sample_rate)
     print(f"instruction: {text!r}; render: {mode}", file=sys.stderr)
-    start = time.perf_counter()
-    result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, render=args.render, start=args.start,
-                                         end=args.end, fade=args.fade, rate=rate, channels=args.channels,
-                                         seed=args.seed,
-                                         guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
-                                         temperature=args.temperature, window_seconds=args.window,
-                                         overlap_seconds=args.overlap, progress=_progress_bar("editing"))
-    write_audio(out, result[0], out_rate, overwrite=args.overwrite, like=rec)
-    print(f"wrote {out} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
-          f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+
+    def edit_one(src, dst, rec, progress):
+        if ranged:
+            check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
+        check_output_form(mode, ranged, rate, args.channels, rec.sample_rate)
+        start = time.perf_counter()
+        result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, render=args.render, start=args.start,
+                                             end=args.end, fade=args.fade, rate=rate, channels=args.channels,
+                                             seed=args.seed, guidance=args.guidance, top_k=args.top_k,
+                                             top_p=args.top_p, temperature=args.temperature,
+                                             window_seconds=args.window, overlap_seconds=args.overlap,
+                                             progress=progress)
+        write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
+        return (f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
+                f"in {time.perf_counter() - start:.1f} s")
+
+    if not batch:
+        print(edit_one(*jobs[0], rec, _progress_bar("editing")), file=sys.stderr)
+        return 0
+    return _edit_many(ranks.share(jobs), edit_one, args.overwrite)
+
+
+def _edit_many(jobs, edit_one, overwrite: bool) -> int:
+    """Edit this process's share of the files, skipping outputs already written (a rerun after an
+    interruption continues where it stopped: outputs appear only when complete). A file that
+    cannot be edited is reported and the others go on; the exit code says whether any failed."""
+    from tqdm import tqdm
+
+    from . import ranks
+    from .audio import AudioError, read_recording
+    todo = [(src, dst) for src, dst in jobs if overwrite or not dst.exists()]
+    if len(todo) < len(jobs):
+        print(f"{len(jobs) - len(todo)} of {len(jobs)} outputs are already there (finished earlier): skipped",
+              file=sys.stderr)
+    failed = []
+    files = tqdm(total=len(todo), desc="files", unit="file", position=0)
+    for src, dst in todo:
+        try:
+            line = edit_one(src, dst, read_recording(src), _progress_bar(src.name, position=1))
+            files.write(line, file=sys.stderr)
+        except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
+            failed.append(src)
+            files.write(f"{src}: error: {e}", file=sys.stderr)
+        files.update(1)
+    files.close()
+    ranks.leave()
+    if failed:
+        print(f"imgen edit: {len(failed)} of {len(todo)} files failed: {', '.join(str(f) for f in failed)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -147,16 +205,62 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from . import eval_models, ranks
+    from .editor import Editor
+    from .evaluate import EvalSettings, evaluate
+    from .instructions import OPERATIONS
+    from .loader import pick_device
+    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
+    bad = [o for o in ops if o not in OPERATIONS]
+    if bad or not ops:
+        raise ValueError(f"--ops takes a comma-separated list of {', '.join(OPERATIONS)}; got {args.ops!r}")
+    out = Path(args.out)
+    written = [n for n in ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio") if (out / n).exists()]
+    if written and not args.overwrite:
+        raise FileExistsError(f"{out} already holds results ({', '.join(written)}); choose another --out or pass "
+                              f"--overwrite")
+    settings = EvalSettings(args.data, args.layout, args.out, ops,
+                            tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
+                            args.seconds, args.seed, args.limit, args.render,
+                            dict(guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
+                                 temperature=args.temperature, window_seconds=args.window,
+                                 overlap_seconds=args.overlap))
+    device = ranks.join(pick_device(args.device))
+    rank, _ = ranks.world()
+    report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
+    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
+                                    offline=True if args.offline else None)
+    wanted = [m for m in ("clap", "fad", "kl") if m not in (args.skip or "").split(",")]
+    models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
+                              offline=bool(args.offline), report=report)
+    summary = evaluate(editor, settings, models, keep_audio=not args.no_audio,
+                       progress=_progress_bar(f"clips (process {rank})" if ranks.world()[1] > 1 else "clips",
+                                              unit="clip"))
+    ranks.leave()
+    if summary is not None:
+        from .evaluate import markdown
+        print(markdown(summary), end="")
+        report(f"wrote {out}/clips.csv, clips.jsonl, summary.json, summary.md")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    from .editor import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_ENCODEC, DEFAULT_T5
+    from .editor import DEFAULT_BASE
+    from .eval_models import CLAP_FILE, CLAP_REPO
     p = argparse.ArgumentParser(prog="imgen", description="Edit music by instruction with Instruct-MusicGen.",
                                 epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True)
 
     e = sub.add_parser("edit", help="edit an audio file", epilog=EPILOG,
-                       description="Edit a song of any length: add, remove or extract a stem.")
-    e.add_argument("input", help="input audio file (wav, flac, ogg, ...; any rate and channel count)")
-    e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg)")
+                       description="Edit a song of any length: add, remove or extract a stem. Many files: "
+                                   "give several inputs or a folder and an output folder; spread them over "
+                                   "processes or GPUs with torchrun --nproc_per_node N -m imgen_core.cli edit ...")
+    e.add_argument("input", nargs="+", help="input audio file (wav, flac, ogg, ...; any rate and channel count); "
+                   "or several files or folders of them")
+    e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg); with several inputs or a "
+                   "folder, an output folder: each file keeps its name there, outputs already written are skipped "
+                   "(rerun to continue after an interruption)")
     e.add_argument("--render", default="auto", choices=["auto", "preserve", "model"],
                    help="preserve: the edit applied to the original at its own rate and channels, all it did not "
                    "ask to change kept (default for add, remove, extract); model: the model's 32 kHz mono output "
@@ -174,15 +278,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--op", choices=instructions.OPERATIONS, help="edit operation")
     e.add_argument("--stem", help="stem to act on (e.g. drums, bass, piano, guitar for the Slakh checkpoint)")
     e.add_argument("--instruction", help="free-text instruction instead of --op/--stem (advanced)")
-    e.add_argument("--base", default=DEFAULT_BASE, help=f"base MusicGen: state_dict.bin, its folder or a HF repo (default {DEFAULT_BASE})")
-    e.add_argument("--adapter", default=DEFAULT_ADAPTER, help=f"adapter .safetensors, official .ckpt or HF repo (default {DEFAULT_ADAPTER})")
-    e.add_argument("--t5", default=DEFAULT_T5, help=f"T5 folder or HF repo (default {DEFAULT_T5})")
-    e.add_argument("--encodec", default=DEFAULT_ENCODEC, help=f"EnCodec folder or HF repo (default {DEFAULT_ENCODEC})")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto)")
-    e.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
-                   help="model precision (default: fp16 on GPU, fp32 on CPU); int8: the LM's weights in int8, half "
-                   "the memory of fp16, activations in fp16 on GPU and bf16 on CPU")
-    e.add_argument("--offline", action="store_true", help="never use the network")
+    _add_model_args(e)
     e.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     _add_generation_args(e)
     e.set_defaults(func=cmd_edit)
@@ -206,6 +302,31 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--encode-only", action="store_true",
                    help="only the pre-encoding pass: store the EnCodec codes of every sample in cache_dir")
     t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("eval", help="the paper's evaluation on the test songs of a stem dataset", epilog=EPILOG,
+                       description="Build one 5 s test triplet per song and operation (the training rules, "
+                                   "seeded), edit each, and score it: SSIM of 16 kHz mel spectrograms, SI-SDR and "
+                                   "SI-SDRi (remove, extract), CLAP score, FAD (VGGish) and KL (PANNs) when their "
+                                   "models can be had (pip install 'instruct-musicgen[eval]'). Writes per-clip "
+                                   "rows and a summary per operation and stem. Several processes or GPUs: "
+                                   "torchrun --nproc_per_node N -m imgen_core.cli eval ...")
+    v.add_argument("--data", required=True, help="dataset root (the test split)")
+    v.add_argument("--layout", required=True, choices=["slakh", "moisesdb", "folders"], help="dataset layout")
+    v.add_argument("--ops", default="add,remove,extract", help="operations to evaluate (default add,remove,extract)")
+    v.add_argument("--out", required=True, help="output folder for the results and the clips' audio")
+    v.add_argument("--classes", help="comma-separated target stems (default: the adapter's)")
+    v.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, the paper's)")
+    v.add_argument("--limit", type=int, help="only the first N songs per operation")
+    v.add_argument("--render", default="model", choices=["auto", "preserve", "model"],
+                   help="how the edit is rendered (default model: the model's output, as the paper scored it)")
+    v.add_argument("--skip", help="comma-separated metrics not to compute among clap, fad, kl")
+    v.add_argument("--clap-checkpoint", help=f"local LAION-CLAP checkpoint (default: {CLAP_REPO}/{CLAP_FILE} "
+                   "from Hugging Face)")
+    v.add_argument("--no-audio", action="store_true", help="do not keep the clips' audio")
+    v.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    _add_model_args(v)
+    _add_generation_args(v)
+    v.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")
@@ -243,7 +364,9 @@ def main(argv=None) -> int:
         print(f"imgen {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"imgen {args.command}: interrupted; nothing was written", file=sys.stderr)
+        kept = " (the files finished are kept: rerun to continue)" if getattr(args, "batch", False) else ""
+        print(f"imgen {args.command}: interrupted; nothing was written of the file in progress{kept}",
+              file=sys.stderr)
         return 130
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .audio import resample
+from .audio import AUDIO_SUFFIXES, resample
 from .instructions import OPERATIONS, render
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")
 SAMPLE_RATE = 32000
 
 
@@ -187,21 +186,51 @@ class TripletDataset(torch.utils.data.Dataset):
     def triplet(self, index: int) -> Triplet:
         rng = random.Random(f"{self.seed}:{index}")
         song = rng.choice(self.usable)
-        present = sorted(song.stems)
-        targets = [c for c in self.classes if c in song.stems and not c.startswith("other")]
-        operation, target = rng.choice(self.operations), rng.choice(targets)
-        ins, outs = choose_mix(rng, operation, target, present)
-        length = stem_seconds([p for c in present for p in song.stems[c]])
-        for _ in range(max(1, self.retries)):
-            start = rng.uniform(0.0, max(0.0, length - self.seconds))
-            stems = {c: load_crop(song.stems[c], start, self.seconds) for c in set(ins) | set(outs)}
-            x = sum(stems[c] for c in ins)
-            y = sum(stems[c] for c in outs)
-            if not near_silent(x, y):
-                break
-        x, y = normalise(x, y)
-        return Triplet(x, y, operation, target, render(operation, target, self.dialect, self.classes),
-                       song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
+        return draw_triplet(rng, song, rng.choice(self.operations), self.classes, self.seconds, self.dialect,
+                            self.retries)
+
+
+def draw_triplet(rng: random.Random, song: Song, operation: str, classes: list[str], seconds: float,
+                 dialect: str, retries: int = 10) -> Triplet:
+    """One triplet of `song` for `operation`: the target among `classes` (never an "other" class),
+    the mix (`choose_mix`), and a crop of `seconds` that is not near silent (up to `retries` tries)."""
+    present = sorted(song.stems)
+    targets = [c for c in classes if c in song.stems and not c.startswith("other")]
+    target = rng.choice(targets)
+    ins, outs = choose_mix(rng, operation, target, present)
+    length = stem_seconds([p for c in present for p in song.stems[c]])
+    for _ in range(max(1, retries)):
+        start = rng.uniform(0.0, max(0.0, length - seconds))
+        stems = {c: load_crop(song.stems[c], start, seconds) for c in set(ins) | set(outs)}
+        x = sum(stems[c] for c in ins)
+        y = sum(stems[c] for c in outs)
+        if not near_silent(x, y):
+            break
+    x, y = normalise(x, y)
+    return Triplet(x, y, operation, target, render(operation, target, dialect, classes),
+                   song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
+
+
+def eval_triplets(songs: list[Song], classes, operations, seconds: float = 5.0, seed: int = 0,
+                  dialect: str = "slakh") -> list[tuple[str, Song, str]]:
+    """The evaluation set: one triplet per song and operation (songs with a target class and
+    another stem), in a fixed order. Returned as (clip id, song, operation); the triplet itself
+    is `draw_eval_triplet(...)`, a function of the seed, the song and the operation only."""
+    classes = [c.lower() for c in classes]
+    bad = [op for op in operations if op not in OPERATIONS]
+    if bad:
+        raise DatasetError(f"unknown operations {bad}; valid: {', '.join(OPERATIONS)}")
+    usable = [s for s in songs if len(s.stems) >= 2 and any(c in s.stems and not c.startswith("other")
+                                                            for c in classes)]
+    if not usable:
+        raise DatasetError(f"no song has one of the classes {classes} and at least one other stem")
+    return [(f"{op}/{s.name}", s, op) for op in operations for s in usable]
+
+
+def draw_eval_triplet(song: Song, operation: str, classes, seconds: float = 5.0, seed: int = 0,
+                      dialect: str = "slakh") -> Triplet:
+    rng = random.Random(f"{seed}:{song.name}:{operation}")
+    return draw_triplet(rng, song, operation, [c.lower() for c in classes], seconds, dialect)
 
 
 def near_silent(x: torch.Tensor, y: torch.Tensor) -> bool:

@@ -235,7 +235,7 @@ def test_a_conversion_stopped_midway_leaves_nothing(tmp_path):
     assert proc.poll() is None, "the conversion ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(60) != 0
-    assert "interrupted; nothing was written" in proc.stderr.read()
+    assert "interrupted; nothing was written of the file in progress" in proc.stderr.read()
     assert list(out.parent.iterdir()) == []
 
 

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -152,3 +153,51 @@ def test_written_files_get_the_usual_permissions_and_logs_refuse_links(tmp_path)
     with pytest.raises(FileExistsError, match="symbolic link"):
         append_line(tmp_path / "log.jsonl", "{}")
     assert victim.read_text() == "keep me"
+
+
+def test_a_folder_edit_interrupted_after_two_files_writes_only_the_other_three_on_rerun(
+        tmp_path, tiny_files, monkeypatch, capsys):
+    import imgen_core.cli as cli
+    src = tmp_path / "songs"
+    src.mkdir()
+    sr = 32000
+    for i in range(5):
+        t = torch.arange(sr) / sr
+        write_audio(src / f"song{i}.wav", 0.3 * torch.sin(2 * math.pi * (110 + 40 * i) * t), sr)
+    (src / "notes.txt").write_text("not audio: left alone")
+    inputs = {p.name: p.read_bytes() for p in src.iterdir()}
+    out = tmp_path / "edited"
+    args = ["edit", str(src), "-o", str(out), "--op", "remove", "--stem", "drums", "--window", "1.0",
+            "--overlap", "0.5", *tiny_args(tiny_files)]
+    real_bar = cli._progress_bar
+
+    def stop_at_the_third(desc, position=0):
+        if desc == "song2.wav":
+            raise KeyboardInterrupt  # as Ctrl-C while the third file is being edited
+        return real_bar(desc, position)
+    monkeypatch.setattr(cli, "_progress_bar", stop_at_the_third)
+    assert main(args) == 130
+    assert "rerun to continue" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["song0.wav", "song1.wav"]
+    first = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()}
+    monkeypatch.setattr(cli, "_progress_bar", real_bar)
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 of 5 outputs are already there" in err and err.count("wrote ") == 3
+    assert sorted(p.name for p in out.iterdir()) == [f"song{i}.wav" for i in range(5)]
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir() if p.name in first} == first
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == inputs  # inputs untouched
+    outputs = [sf.read(str(out / f"song{i}.wav"))[0] for i in range(5)]
+    assert not np.allclose(outputs[0], outputs[1])  # each file its own edit
+
+
+def test_batch_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
+    other = tmp_path / "sub"
+    other.mkdir()
+    (other / "in.flac").write_bytes(b"")
+    for args, words in (([str(stereo_wav), str(other / "in.flac"), "-o", str(stereo_wav)], "is a file"),
+                        ([str(tmp_path), "-o", str(tmp_path)], "is the input file"),
+                        ([str(stereo_wav), str(tmp_path / "missing.wav"), "-o", str(tmp_path / "o")],
+                         "audio file not found")):
+        assert main(["edit", *args, "--op", "remove", "--stem", "drums", *tiny_args(tiny_files)]) == 2
+        assert words in capsys.readouterr().err, words

@@ -1,0 +1,110 @@
+"""The embedding models behind the paper's CLAP score, FAD and KL, from the packages the official
+evaluation uses (`pip install "instruct-musicgen[eval]"`, see the README). Each loader
+returns a small object with one method, or raises `Unavailable` with one line saying why and
+what would make it available; the evaluation then skips that metric and says so.
+
+CLAP: LAION-CLAP's music_audioset checkpoint (HTSAT-base), from Hugging Face
+(lukewys/laion_clap) or a local file. VGGish (FAD) and PANNs CNN14 at 16 kHz (KL): through
+frechet_audio_distance, which fetches their weights with torch.hub on first use.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+CLAP_RATE = 48000
+CLAP_REPO, CLAP_FILE = "lukewys/laion_clap", "music_audioset_epoch_15_esc_90.14.pt"
+
+
+class Unavailable(Exception):
+    """A metric's model cannot be used here; the message says why and how to get it."""
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+class Clap:
+    """LAION-CLAP: `audio` embeds mono 48 kHz clips, `text` embeds captions."""
+
+    def __init__(self, checkpoint: str | None, device, offline: bool):
+        try:
+            import laion_clap
+        except Exception as e:  # noqa: BLE001 - any import failure means: not available
+            raise Unavailable(f"laion_clap cannot be imported ({_why(e)}); pip install laion-clap") from None
+        if checkpoint is None:
+            from huggingface_hub import hf_hub_download
+            try:
+                checkpoint = hf_hub_download(CLAP_REPO, CLAP_FILE, local_files_only=offline)
+            except Exception as e:  # noqa: BLE001
+                raise Unavailable(f"the CLAP checkpoint {CLAP_REPO}/{CLAP_FILE} is not here and could not be "
+                                  f"downloaded ({_why(e)}); pass --clap-checkpoint FILE") from None
+        try:
+            self.model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-base", device=device)
+            self.model.load_ckpt(str(checkpoint))
+        except Exception as e:  # noqa: BLE001
+            raise Unavailable(f"the CLAP checkpoint {checkpoint} could not be loaded ({_why(e)})") from None
+        self.model.eval()
+
+    @torch.no_grad()
+    def audio(self, wav48k: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(np.asarray(wav48k, dtype=np.float32))[None]
+        return self.model.get_audio_embedding_from_data(x, use_tensor=True).cpu().numpy()[0]
+
+    @torch.no_grad()
+    def text(self, caption: str) -> np.ndarray:
+        return np.asarray(self.model.get_text_embedding([caption, caption]))[0]
+
+
+def _fad_model(name: str):
+    try:
+        from frechet_audio_distance import FrechetAudioDistance
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"frechet_audio_distance cannot be imported ({_why(e)}); "
+                          f"pip install frechet-audio-distance") from None
+    try:
+        try:
+            fad = FrechetAudioDistance(model_name=name, sample_rate=16000, use_pca=False, use_activation=False)
+        except TypeError:  # releases before 0.2 had no sample_rate
+            fad = FrechetAudioDistance(model_name=name, use_pca=False, use_activation=False)
+    except Exception as e:  # noqa: BLE001
+        raise Unavailable(f"the {name} model could not be loaded or downloaded ({_why(e)})") from None
+    return fad
+
+
+class Vggish:
+    """VGGish embeddings (one 128-d row per 0.96 s) of mono 16 kHz clips, for FAD."""
+
+    def __init__(self):
+        self.fad = _fad_model("vggish")
+
+    def frames(self, wav16k: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fad.get_embeddings([np.asarray(wav16k, dtype=np.float32)], sr=16000))
+
+
+class Panns:
+    """PANNs CNN14 (16 kHz) logits over the 527 AudioSet classes, for KL."""
+
+    def __init__(self):
+        self.model = _fad_model("pann").model.eval()
+
+    @torch.no_grad()
+    def logits(self, wav16k: np.ndarray) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        out = self.model(torch.as_tensor(np.asarray(wav16k, dtype=np.float32), device=device)[None], None)
+        probs = out["clipwise_output"][0].double().clamp(1e-7, 1 - 1e-7).cpu()
+        return probs.log() - (-probs).log1p()  # the network's sigmoid, undone
+
+
+def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bool = False,
+         report=print) -> dict:
+    """The models for the metrics `names` ("clap", "fad", "kl") that can be had: {name: model};
+    one line through `report` for each that cannot."""
+    loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns}
+    models = {}
+    for name in names:
+        try:
+            models[name] = loaders[name]()
+        except Unavailable as e:
+            report(f"{name.upper()} skipped: {e}")
+    return models

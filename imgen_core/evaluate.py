@@ -1,0 +1,170 @@
+"""`imgen eval`: the paper's evaluation on the test songs of a stem dataset.
+
+One 5 s triplet per song and operation, drawn by the training rules (data.py) from a seed, the
+song and the operation only; each is edited with a seed of its own, so any split of the clips
+over processes (torchrun) gives the same per-clip numbers. Per clip: SSIM of the 16 kHz mel
+spectrograms, SI-SDR and SI-SDRi (remove, extract), CLAP score and KL (when their models are
+available); per operation and stem: their means and the FAD (VGGish) of the edited clips against
+the targets. Written to the output folder: clips.csv, clips.jsonl, summary.json, summary.md and
+the audio of every clip (input, target, edited).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import metrics, ranks
+from .audio import resample, write_audio
+from .data import SAMPLE_RATE, draw_eval_triplet, eval_triplets, read_songs
+from .eval_models import CLAP_RATE
+from .files import replacing
+
+SEPARATION = ("remove", "extract")  # the operations with one right answer, where SI-SDR means something
+COLUMNS = ("clip", "operation", "target", "song", "start", "instruction", "input_stems", "output_stems",
+           "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
+MEANS = ("clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
+
+
+@dataclass
+class EvalSettings:
+    data: str
+    layout: str
+    out: str
+    operations: tuple[str, ...] = ("add", "remove", "extract")
+    classes: tuple[str, ...] | None = None  # default: the adapter's stems
+    seconds: float = 5.0
+    seed: int = 0
+    limit: int | None = None  # songs per operation (the first ones), for a quick look
+    render: str = "model"  # the paper scored the model's own output
+    generation: dict = field(default_factory=dict)  # guidance, top_k, ... as Editor.edit takes them
+
+
+def clip_seed(seed: int, clip: str) -> int:
+    """The generation seed of one clip: fixed by the run's seed and the clip, not by its place."""
+    return zlib.crc32(f"{seed}:{clip}".encode())
+
+
+def clip_list(settings: EvalSettings, classes) -> list[tuple[str, object, str]]:
+    songs = read_songs(settings.layout, settings.data)
+    clips = eval_triplets(songs, classes, settings.operations)
+    if settings.limit is not None:
+        kept = {op: [c for c in clips if c[2] == op][:settings.limit] for op in settings.operations}
+        clips = [c for op in settings.operations for c in kept[op]]
+    return clips
+
+
+def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, models: dict,
+               audio_dir: Path | None) -> tuple[dict, dict]:
+    """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured)."""
+    t = draw_eval_triplet(song, operation, classes, settings.seconds, settings.seed, editor.dialect)
+    edited, rate = editor.edit_audio(t.input, SAMPLE_RATE, t.text, render=settings.render,
+                                     seed=clip_seed(settings.seed, clip), **settings.generation)
+    edited = edited[0].mean(0)  # mono, as every metric takes it
+    if audio_dir is not None:
+        folder = audio_dir / clip
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, wav, r in (("input", t.input, SAMPLE_RATE), ("target", t.output, SAMPLE_RATE), ("edited", edited, rate)):
+            write_audio(folder / f"{name}.wav", wav[None], r, overwrite=True)
+    pred, target = metrics.at_eval_rate(edited, rate), metrics.at_eval_rate(t.output, SAMPLE_RATE)
+    source = metrics.at_eval_rate(t.input, SAMPLE_RATE)
+    row = {"clip": clip, "operation": operation, "target": t.target, "song": t.song, "start": round(t.start, 4),
+           "instruction": t.text, "input_stems": " ".join(t.input_classes),
+           "output_stems": " ".join(t.output_classes), "ssim": metrics.ssim_mel(pred, target)}
+    if operation in SEPARATION:
+        row["si_sdr"] = metrics.si_sdr(pred, target)
+        row["si_sdri"] = metrics.si_sdr_improvement(pred, source, target)
+    if "clap" in models:
+        caption = metrics.clap_caption(operation, t.target, t.output_classes)
+        audio48 = resample(edited[None], rate, CLAP_RATE)[0].numpy()
+        row["clap"] = metrics.cosine(models["clap"].text(caption), models["clap"].audio(audio48))
+    if "kl" in models:
+        row.update(metrics.kl_divergences(models["kl"].logits(pred[0].numpy()), models["kl"].logits(target[0].numpy())))
+    frames = {}
+    if "fad" in models:
+        frames = {"edited": models["fad"].frames(pred[0].numpy()), "target": models["fad"].frames(target[0].numpy())}
+    return row, frames
+
+
+def summarise(rows: list[dict], frames: dict[str, dict]) -> list[dict]:
+    """Per operation and target stem, and per operation over all stems: the number of clips, the
+    mean of each per-clip metric, and the FAD of the group's edited clips against its targets."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["operation"], row["target"]), []).append(row)
+        groups.setdefault((row["operation"], "all"), []).append(row)
+    order = list(dict.fromkeys(row["operation"] for row in rows))
+    out = []
+    for (op, stem), members in sorted(groups.items(), key=lambda g: (order.index(g[0][0]), g[0][1] == "all",
+                                                                     g[0][1])):
+        entry = {"operation": op, "target": stem, "clips": len(members)}
+        for name in MEANS:
+            values = [r[name] for r in members if r.get(name) is not None]
+            if values:
+                entry[name] = float(np.mean(values))
+        mine = [frames[r["clip"]] for r in members if r["clip"] in frames]
+        if mine:
+            edited = np.concatenate([f["edited"] for f in mine])
+            target = np.concatenate([f["target"] for f in mine])
+            if min(len(edited), len(target)) >= 2:
+                entry["fad"] = metrics.frechet_distance(edited, target)
+        out.append(entry)
+    return out
+
+
+def markdown(summary: list[dict]) -> str:
+    names = [n for n in ("clips", "fad", "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
+             if any(n in e for e in summary)]
+    lines = ["| operation | stem | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
+    for e in summary:
+        cells = [str(e[n]) if n == "clips" else (f"{e[n]:.4f}" if n in e else "") for n in names]
+        lines.append(f"| {e['operation']} | {e['target']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], summary: list[dict]):
+    out.mkdir(parents=True, exist_ok=True)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    texts = {"clips.csv": table.getvalue(),
+             "clips.jsonl": "".join(json.dumps(r) + "\n" for r in rows),
+             "summary.json": json.dumps(summary, indent=1) + "\n",
+             "summary.md": markdown(summary)}
+    for name, text in texts.items():
+        with replacing(out / name) as f:
+            f.write(text.encode())
+
+
+def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool = True,
+             progress: Callable[[int, int], None] | None = None) -> list[dict] | None:
+    """Run the evaluation; this process scores its share of the clips. On rank 0: every clip's
+    row gathered, the results written, and the summary returned; elsewhere None."""
+    classes = [c.lower() for c in (settings.classes or editor.stems)]
+    clips = clip_list(settings, classes)
+    mine = ranks.share(list(enumerate(clips)))
+    out = Path(settings.out)
+    rows, frames = [], {}
+    for done, (index, (clip, song, op)) in enumerate(mine, start=1):
+        row, clip_frames = score_clip(editor, settings, classes, clip, song, op, models,
+                                      out / "audio" if keep_audio else None)
+        rows.append((index, row))
+        if clip_frames:
+            frames[clip] = clip_frames
+        if progress is not None:
+            progress(done, len(mine))
+    everything = ranks.gather((rows, frames))
+    if ranks.world()[0] != 0:
+        return None
+    rows = [row for _, row in sorted(r for part, _ in everything for r in part)]
+    frames = {k: v for _, part in everything for k, v in part.items()}
+    summary = summarise(rows, frames)
+    write_results(out, rows, summary)
+    return summary

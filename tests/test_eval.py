@@ -1,0 +1,189 @@
+"""`imgen eval`: the metrics against independent computations, the evaluation run end to end with
+tiny models, and the same results from two processes as from one."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgen_core import metrics
+from imgen_core.evaluate import summarise
+from test_training import make_slakh
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def orthogonal_noise(target: torch.Tensor, energy_ratio: float, seed: int) -> torch.Tensor:
+    """Noise orthogonal to `target` with |noise|^2 = energy_ratio * |target|^2."""
+    n = torch.randn(target.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    n = n - (n @ target) / (target @ target) * target
+    return n * math.sqrt(energy_ratio * (target @ target) / (n @ n))
+
+
+def test_si_sdr_and_its_improvement_on_signals_with_a_known_answer():
+    t = torch.sin(torch.arange(16000, dtype=torch.float64) * 0.05) + 0.3 * torch.sin(torch.arange(16000) * 0.31)
+    pred = 0.5 * (t + orthogonal_noise(t, 0.01, 1))  # 20 dB, whatever the scale
+    source = t + orthogonal_noise(t, 1.0, 2)  # 0 dB
+    assert metrics.si_sdr(pred[None].float(), t[None].float()) == pytest.approx(20.0, abs=1e-3)
+    assert metrics.si_sdr(source[None].float(), t[None].float()) == pytest.approx(0.0, abs=1e-3)
+    assert metrics.si_sdr_improvement(pred[None].float(), source[None].float(), t[None].float()) == \
+        pytest.approx(20.0, abs=2e-3)
+    longer = torch.cat([pred, torch.ones(500, dtype=torch.float64)])  # cut to the target, as the official script
+    assert metrics.si_sdr(longer[None].float(), t[None].float()) == pytest.approx(20.0, abs=1e-3)
+
+
+def numpy_mel(wav: np.ndarray) -> np.ndarray:
+    """The mel spectrogram from its definition: reflect-padded 400-sample periodic-Hann frames every
+    200 samples, |rfft|^2, HTK mel triangles over 0..8 kHz without normalisation."""
+    pad = np.pad(wav, ((0, 0), (200, 200)), mode="reflect")
+    frames = 1 + (pad.shape[1] - 400) // 200
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(400) / 400)
+    spec = np.stack([np.abs(np.fft.rfft(pad[:, i * 200:i * 200 + 400] * window, axis=1)) ** 2
+                     for i in range(frames)], axis=-1)  # [C, 201, frames]
+    mel = lambda f: 2595 * np.log10(1 + f / 700)  # noqa: E731
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)  # noqa: E731
+    edges = hz(np.linspace(mel(0), mel(8000), 130))
+    freqs = np.arange(201) * 40.0
+    bank = np.zeros((128, 201))
+    for m in range(128):
+        lo, mid, hi = edges[m:m + 3]
+        bank[m] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    return np.einsum("mf,cft->cmt", bank, spec)
+
+
+def numpy_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """SSIM (Wang et al.) with an 11-tap Gaussian of sigma 1.5, data range 1, averaged over every
+    channel and every position where the window fits."""
+    k = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5 ** 2))
+    k /= k.sum()
+
+    def blur(a):
+        rows = np.apply_along_axis(lambda r: np.convolve(r, k, mode="valid"), -1, a)
+        return np.apply_along_axis(lambda c: np.convolve(c, k, mode="valid"), -2, rows)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def test_ssim_is_the_official_formula_on_a_fixed_input():
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(16000) / 16000
+    target = torch.stack([0.3 * torch.sin(2 * math.pi * 440 * t), 0.2 * torch.randn(16000, generator=g)])
+    pred = target * 0.7 + 0.05 * torch.randn(target.shape, generator=g)
+    ours = metrics.mel_spectrogram(target).numpy()
+    theirs = numpy_mel(target.double().numpy())
+    assert ours.shape == theirs.shape == (2, 128, 81)
+    assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * theirs.max())
+    # data_range=1.0 on power mels (the official quirk). In float64 the formula is exact; the
+    # official float32 computation loses about 1% to cancellation in E[x^2] - E[x]^2 on these values
+    pred_mel = numpy_mel(pred.double().numpy())
+    expected = numpy_ssim(pred_mel, theirs)
+    assert metrics.ssim(torch.from_numpy(pred_mel), torch.from_numpy(theirs)) == pytest.approx(expected, abs=1e-9)
+    assert metrics.ssim_mel(pred, target) == pytest.approx(expected, abs=0.01)
+    assert metrics.ssim_mel(target, target) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_frechet_distance_against_closed_form_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    cov = a @ a.T + np.eye(6)
+    mu, shift = rng.normal(size=6), rng.normal(size=6)
+    # S_b = 4 S_a: tr(S_a + 4 S_a - 2 * 2 S_a) = tr(S_a)
+    assert metrics.gaussian_frechet_distance(mu, cov, mu + shift, 4 * cov) == \
+        pytest.approx(shift @ shift + np.trace(cov), rel=1e-9)
+    d1, d2 = np.diag([1.0, 4.0, 9.0]), np.diag([4.0, 1.0, 1.0])  # diagonal: sum of (sigma_a - sigma_b)^2
+    assert metrics.gaussian_frechet_distance(np.zeros(3), d1, np.zeros(3), d2) == pytest.approx(1 + 1 + 4, rel=1e-9)
+    x = rng.normal(size=(40000, 4))
+    y = rng.normal(size=(40000, 4)) * 2 + 1  # N(1, 4I): 4 * 1 + 4 * (2 - 1)^2 = 8
+    assert metrics.frechet_distance(x, y) == pytest.approx(8.0, abs=0.15)
+    assert metrics.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kl_divergences_against_hand_computed_values():
+    p = torch.tensor([0.0, math.log(3.0)])  # softmax [0.25, 0.75]
+    q = torch.tensor([0.0, 0.0])  # softmax [0.5, 0.5]
+    kl = metrics.kl_divergences(pred_logits=p, target_logits=q)
+    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert kl["kl_softmax"] == pytest.approx(expected, abs=1e-5)
+    same = metrics.kl_divergences(p, p)
+    assert abs(same["kl_softmax"]) < 1e-5 and abs(same["kl_sigmoid"]) < 1e-5
+
+
+def test_clap_caption_and_score_follow_the_official_script():
+    assert metrics.clap_caption("add", "drums", ("bass", "drums")) == "Drums Bass Drums music"
+    assert metrics.clap_caption("remove", "bass", ("piano",)) == "Bass music"
+    assert metrics.clap_caption("extract", "piano", ("piano",)) == "Piano music"
+    assert metrics.cosine([1, 0], [1, 1]) == pytest.approx(1 / math.sqrt(2), rel=1e-6)
+
+
+def test_fad_is_computed_per_group_over_the_groups_frames():
+    rng = np.random.default_rng(1)
+    rows = [{"clip": f"remove/s{i}", "operation": "remove", "target": stem, "ssim": i / 10}
+            for i, stem in enumerate(["bass", "bass", "drums"])]
+    frames = {r["clip"]: {"edited": rng.normal(size=(5, 3)), "target": rng.normal(size=(5, 3)) + 1} for r in rows}
+    summary = {(e["operation"], e["target"]): e for e in summarise(rows, frames)}
+    bass = [frames[f"remove/s{i}"] for i in (0, 1)]
+    assert summary["remove", "bass"]["fad"] == pytest.approx(metrics.frechet_distance(
+        np.concatenate([f["edited"] for f in bass]), np.concatenate([f["target"] for f in bass])))
+    assert summary["remove", "all"]["clips"] == 3 and summary["remove", "all"]["ssim"] == pytest.approx(0.1)
+    assert summary["remove", "drums"]["clips"] == 1
+
+
+def test_unavailable_embedding_models_are_skipped_with_one_line_each(monkeypatch):
+    from imgen_core import eval_models
+    monkeypatch.setitem(sys.modules, "laion_clap", None)  # as on a machine without the package
+    monkeypatch.setitem(sys.modules, "frechet_audio_distance", None)
+    lines = []
+    assert eval_models.load(["clap", "fad", "kl"], offline=True, report=lines.append) == {}
+    assert [line.split(" ")[0] for line in lines] == ["CLAP", "FAD", "KL"]
+    assert all("skipped" in line and "pip install" in line and "\n" not in line for line in lines)
+
+
+@pytest.fixture(scope="module")
+def slakh_test(tmp_path_factory):
+    return make_slakh(tmp_path_factory.mktemp("slakh_test"), songs=3)
+
+
+def run_eval(tmp_path, tiny_files, data, out, processes=1, extra=()):
+    from test_cli import tiny_args
+    cmd = ["-m", "imgen_core.cli", "eval", "--data", str(data), "--layout", "slakh", "--out", str(out),
+           "--classes", "drums,bass,piano,guitar", "--seconds", "1.0", "--window", "1.0", "--overlap", "0.5",
+           *tiny_args(tiny_files), *extra]
+    if processes > 1:
+        cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531", *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+def test_eval_end_to_end_and_two_processes_give_the_one_process_results(tmp_path, tiny_files, slakh_test):
+    one = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "two", processes=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "one" / "clips.jsonl").read_text().splitlines()]
+    assert len(rows) == 9  # 3 songs x 3 operations
+    assert {r["operation"] for r in rows} == {"add", "remove", "extract"}
+    for r in rows:
+        assert -1 <= r["ssim"] <= 1 and math.isfinite(r["ssim"])
+        assert ("si_sdr" in r) == (r["operation"] != "add")
+        assert r["instruction"].startswith("Music piece. Instruct:") or r["instruction"]
+        for name in ("input", "target", "edited"):
+            assert (tmp_path / "one" / "audio" / r["clip"] / f"{name}.wav").is_file()
+    # the edits depend on their clips: different inputs, different outputs
+    assert len({round(r["ssim"], 6) for r in rows}) > 5
+    for name in ("clips.jsonl", "clips.csv", "summary.json", "summary.md"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text(), name
+    summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+    assert {(e["operation"], e["target"]) for e in summary} >= {("add", "all"), ("remove", "all"), ("extract", "all")}
+    assert "CLAP skipped" in one.stderr or "clap" in rows[0]
+    assert "| operation | stem |" in one.stdout
+    # results are never overwritten without asking
+    again = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "one")
+    assert again.returncode == 2 and "already holds results" in again.stderr
