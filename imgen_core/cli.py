@@ -116,7 +116,8 @@ def _edit_many(jobs, edit_one, overwrite: bool) -> int:
         print(f"{len(jobs) - len(todo)} of {len(jobs)} outputs are already there (finished earlier): skipped",
               file=sys.stderr)
     failed = []
-    files = tqdm(total=len(todo), desc="files", unit="file", position=0)
+    rank, size = ranks.world()
+    files = tqdm(total=len(todo), desc=f"files (process {rank})" if size > 1 else "files", unit="file", position=0)
     for src, dst in todo:
         try:
             line = edit_one(src, dst, read_recording(src), _progress_bar(src.name, position=1))
