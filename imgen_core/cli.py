@@ -217,7 +217,10 @@ def cmd_eval(args) -> int:
     if bad or not ops:
         raise ValueError(f"--ops takes a comma-separated list of {', '.join(OPERATIONS)}; got {args.ops!r}")
     out = Path(args.out)
-    written = [n for n in ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio") if (out / n).exists()]
+    device = ranks.join(pick_device(args.device))
+    # every process looks before any writes, and all follow what the first one saw
+    written = ranks.gather([n for n in ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio")
+                            if (out / n).exists()])[0]
     if written and not args.overwrite:
         raise FileExistsError(f"{out} already holds results ({', '.join(written)}); choose another --out or pass "
                               f"--overwrite")
@@ -227,7 +230,6 @@ def cmd_eval(args) -> int:
                             dict(guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
                                  temperature=args.temperature, window_seconds=args.window,
                                  overlap_seconds=args.overlap))
-    device = ranks.join(pick_device(args.device))
     rank, _ = ranks.world()
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
