@@ -56,8 +56,8 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
+        self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+        self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
         return self.k, self.v
 
 
@@ -89,7 +89,7 @@ class SelfAttention(nn.Module):
             k_all, v_all = self.kv_cache.update(input_pos, k, v)
             k_all, v_all = k_all[:, :, :kv_len], v_all[:, :, :kv_len]
             mask = torch.arange(k_all.shape[2], device=x.device)[None, :] <= input_pos[:, None]
-            out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+            out = F.scaled_dot_product_attention(q.to(k_all.dtype), k_all, v_all, attn_mask=mask).to(q.dtype)
         if adapter is not None:
             out = out + adapter.attend(q, input_pos)
         return self.out_proj(merge_heads(out))
@@ -162,11 +162,16 @@ class MusicGenLM(nn.Module):
         return sum(self.emb[k](codes[:, k]) for k in range(self.cfg.n_q))
 
     def setup_cache(self, batch: int, max_len: int):
-        """Preallocate the self-attention KV caches for `batch` rows of up to `max_len` steps."""
+        """Preallocate the self-attention KV caches for `batch` rows of up to `max_len` steps, in
+        the model's dtype; on the CPU in fp32 whatever the model's, because PyTorch's CPU attention
+        over a long bf16 or fp16 cache is several times slower than over an fp32 one (on CPUs
+        without native bf16 arithmetic: 0.94 ms against 0.15 ms for 500 cached steps of
+        MusicGen-small's layer), for twice the cache's memory."""
         p = self.out_norm.weight
+        dtype = torch.float32 if p.device.type == "cpu" else p.dtype
         for layer in self.layers:
             layer.self_attn.kv_cache = KVCache(batch, self.cfg.num_heads, max_len, self.cfg.head_dim,
-                                               p.dtype, p.device)
+                                               dtype, p.device)
 
     def clear_cache(self):
         for layer in self.layers:
