@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO))
 from imgen_core.config import FusionConfig, LMConfig  # noqa: E402
 from imgen_core.generate import generate  # noqa: E402
 from imgen_core.model import InstructMusicGen  # noqa: E402
-from imgen_core.quant import Int8Linear, quantize_weight, swap_to_int8  # noqa: E402
+from imgen_core.quant import (Int8Linear, int8_activation_dtype, pack_for_cpu, quantize_weight,  # noqa: E402
+                              swap_to_int8)
 
 SIZES = {
     "tiny": LMConfig(dim=64, num_heads=4, num_layers=2, card=2048),
@@ -42,9 +43,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, 
 
 
 def activation_dtype(name: str, device) -> torch.dtype:
-    """int8 rows compute in fp16 on CUDA and bf16 on the CPU, as the library does."""
+    """int8 rows compute in the activation dtype the library picks for int8 on that device."""
     if name == "int8":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return int8_activation_dtype(device)
     return DTYPES[name]
 FRAME_RATE = 50
 
@@ -70,10 +71,11 @@ def bandwidth(device, dtype) -> float:
     size = 1 if dtype == torch.int8 else torch.finfo(dtype).bits // 8
     rows = (2 << 30 if device.type == "cuda" else 256 << 20) // (n * size)
     if dtype == torch.int8:
-        act = torch.float16 if device.type == "cuda" else torch.bfloat16
+        act = int8_activation_dtype(device)
         layer = Int8Linear(rows, n, act, device)
         layer.weight_int8, layer.scale = quantize_weight(torch.randn(rows, n, device=device))
         layer.scale = layer.scale.to(act)
+        pack_for_cpu(layer)
         x = torch.randn(2, n, device=device).to(act)
         run = lambda: layer(x)  # noqa: E731
     else:
@@ -118,7 +120,7 @@ def build_ours(cfg: LMConfig, device, name: str) -> InstructMusicGen:
             if isinstance(layer, Int8Linear):  # uniform int8 with a std of 0.02, like the float rows
                 layer.weight_int8.random_(-127, 128, generator=g)
                 layer.scale.fill_(0.02 / 73.3)
-    return model.eval().requires_grad_(False)
+    return pack_for_cpu(model).eval().requires_grad_(False)
 
 
 def time_ours(cfg, device, name, steps, cuda_graph="auto") -> dict:
@@ -166,7 +168,9 @@ def memory_of_10s_edit(cfg, device, name, steps: int | None = None) -> tuple[flo
     with contextlib.suppress(_Enough):
         generate(model, cond, text, top_k=250, progress=stop)
     sync(device)
-    weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**30
+    packed = [m for m in model.modules() if isinstance(m, Int8Linear) and m.packed is not None]
+    weights = (sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+               + sum(m.out_features * m.in_features for m in packed)) / 2**30  # fbgemm holds those
     del model
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else peak_rss_gb()
     return peak, weights

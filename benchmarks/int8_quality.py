@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from imgen_core.config import FusionConfig, LMConfig  # noqa: E402
 from imgen_core.lm import init_lm_weights  # noqa: E402
 from imgen_core.model import InstructMusicGen  # noqa: E402
-from imgen_core.quant import quantize_model  # noqa: E402
+from imgen_core.quant import int8_activation_dtype, quantize_model  # noqa: E402
 
 SIZES = {"small": LMConfig(dim=1024, num_heads=16, num_layers=24),
          "medium": LMConfig(dim=1536, num_heads=24, num_layers=48)}
@@ -55,7 +55,7 @@ def main():
         cond = torch.randint(0, cfg.card, (2, cfg.n_q, args.frames), generator=g)
         text = torch.randn(2, 12, cfg.dim, generator=g)
         for name in ("bf16", "int8"):
-            other = quantize_model(copy.deepcopy(model), torch.bfloat16) if name == "int8" \
+            other = quantize_model(copy.deepcopy(model), int8_activation_dtype(torch.device("cpu"))) if name == "int8" \
                 else copy.deepcopy(model).to(torch.bfloat16)
             rel, top1 = compare(model, other, target, cond, text)
             print(f"{size:7} {name:5} {rel:15.4f} {top1:16.3f}", flush=True)

@@ -38,7 +38,7 @@ def _add_model_args(p: argparse.ArgumentParser):
                    "each process takes the GPU of its local rank)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
                    help="model precision (default: fp16 on GPU, fp32 on CPU); int8: the LM's weights in int8, half "
-                   "the memory of fp16, activations in fp16 on GPU and bf16 on CPU")
+                   "the memory of fp16, activations in fp16 on GPU; on CPU fbgemm's int8 products, the fastest choice there")
     p.add_argument("--offline", action="store_true", help="never use the network")
 
 

@@ -25,11 +25,11 @@ from .fusion import merged_lora_weight
 from .hub import resolve_file
 from .model import InstructMusicGen
 from .official_checkpoint import convert_official, is_official_checkpoint
-from .quant import quantize_weight, swap_to_int8
+from .quant import int8_activation_dtype, pack_for_cpu, quantize_weight, swap_to_int8
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# What a user may ask for: a float dtype, or int8 weights with activations in the device's
-# preferred half precision (fp16 on CUDA, bf16 on the CPU).
+# What a user may ask for: a float dtype, or int8 weights with activations in the dtype
+# quant.int8_activation_dtype picks (fp16 on CUDA, fp32 for fbgemm on the CPU).
 WEIGHT_DTYPES = ("auto", *DTYPES, "int8")
 Progress = Callable[[str, int, int], None]
 
@@ -47,7 +47,7 @@ def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype == "int8":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        return int8_activation_dtype(device)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(WEIGHT_DTYPES)}")
     return DTYPES[dtype]
@@ -142,6 +142,8 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
                               f"{brief(unexpected, 200)}")
     if fresh:
         _initialise_new_adapter(model, device, dtype)
+    if int8:
+        pack_for_cpu(model)
     return model.eval().requires_grad_(False), (opened.meta if opened is not None else {})
 
 

@@ -1,12 +1,13 @@
 """Int8 weights: close to fp32, the fast kernel equal to the plain formula, and usable end to end."""
 import copy
 
+import pytest
 import torch
 
 from imgen_core.config import FusionConfig, LMConfig
 from imgen_core.lm import init_lm_weights
 from imgen_core.model import InstructMusicGen
-from imgen_core.quant import Int8Linear, quantize_model, quantize_weight
+from imgen_core.quant import Int8Linear, fbgemm_available, int8_activation_dtype, quantize_model, quantize_weight
 
 # Bounds that a wrong scale, a transposed or a mis-rounded weight breaks by far.
 MAX_REL_RMS = 0.04
@@ -42,7 +43,7 @@ def test_int8_logits_stay_close_at_musicgen_small_width():
         model.fusion.pos_emb.normal_(0, 0.02)
         model.fusion.gates.fill_(0.3)
     model.eval().requires_grad_(False)
-    quantized = quantize_model(copy.deepcopy(model), torch.bfloat16)
+    quantized = quantize_model(copy.deepcopy(model), int8_activation_dtype(torch.device("cpu")))
     g = torch.Generator().manual_seed(1)
     target = torch.randint(0, cfg.card, (2, 4, 40), generator=g)
     cond = torch.randint(0, cfg.card, (2, 4, 40), generator=g)
@@ -62,11 +63,34 @@ def test_the_cpu_kernel_computes_the_plain_formula():
     assert (layer.weight_int8.float() * layer.scale[:, None] - weight).abs().max() <= layer.scale.max() / 2 + 1e-6
 
 
+@pytest.mark.skipif(not fbgemm_available(), reason="this PyTorch has no fbgemm")
+def test_the_packed_cpu_layer_computes_the_formula_and_unpacks_to_the_same_weights():
+    """fbgemm holds the only copy once packed: its product matches the formula (up to its 7-bit
+    activations), and moving or saving the layer gives back exactly the int8 weights."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(96, 64, generator=g)
+    x = torch.randn(3, 5, 64, generator=g)
+    layer = Int8Linear(96, 64, torch.float32)
+    layer.weight_int8, layer.scale = quantize_weight(weight)
+    original = layer.weight_int8.clone()
+    expected = x @ (original.float() * layer.scale[:, None]).T
+    layer.pack()
+    assert layer.weight_int8.numel() == 0
+    out = layer(x)
+    assert ((out - expected).norm() / expected.norm()).item() < 0.02
+    assert torch.equal(layer.state_dict()["weight_int8"], original) and layer.packed is not None
+    layer.to("cpu", torch.float32)  # staying on the CPU: still packed, still right
+    assert layer.packed is not None and torch.equal(layer(x), out)
+    layer.to("meta")  # leaving the CPU unpacks first: the int8 tensor is what moves
+    assert layer.packed is None and layer.weight_int8.shape == original.shape
+
+
 def test_an_int8_edit_runs_end_to_end(tmp_path, tiny_files):
     from imgen_core.editor import Editor
     editor = Editor.from_pretrained(tiny_files["base"], tiny_files["adapter"], tiny_files["t5"],
                                     tiny_files["encodec"], device="cpu", dtype="int8", offline=True)
-    assert editor.model.dtype == torch.bfloat16
+    assert editor.model.dtype == torch.float32  # fbgemm's int8 products take fp32 activations
+    assert all(m.packed is not None for m in editor.model.modules() if isinstance(m, Int8Linear))
     wav = torch.sin(torch.arange(32000) / 5.0)[None] * 0.5
     out, rate = editor.edit_audio(wav, 32000, editor.instruction("remove", "drums"), seed=0)
     assert out.shape == (1, 1, 32000) and torch.isfinite(out).all()
