@@ -208,6 +208,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from . import eval_models, ranks
+    from .data import read_songs
     from .editor import Editor
     from .evaluate import EvalSettings, evaluate
     from .instructions import OPERATIONS
@@ -216,6 +217,12 @@ def cmd_eval(args) -> int:
     bad = [o for o in ops if o not in OPERATIONS]
     if bad or not ops:
         raise ValueError(f"--ops takes a comma-separated list of {', '.join(OPERATIONS)}; got {args.ops!r}")
+    skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
+    if any(m not in ("clap", "fad", "kl") for m in skip):
+        raise ValueError(f"--skip takes a comma-separated list of clap, fad, kl; got {args.skip!r}")
+    if not 0 < args.seconds <= 30 or (args.limit is not None and args.limit < 1):
+        raise ValueError(f"--seconds must be in (0, 30] and --limit at least 1; got {args.seconds}, {args.limit}")
+    songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
     out = Path(args.out)
     device = ranks.join(pick_device(args.device))
     # every process looks before any writes, and all follow what the first one saw
@@ -234,10 +241,10 @@ def cmd_eval(args) -> int:
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
                                     offline=True if args.offline else None)
-    wanted = [m for m in ("clap", "fad", "kl") if m not in (args.skip or "").split(",")]
+    wanted = [m for m in ("clap", "fad", "kl") if m not in skip]
     models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
                               offline=bool(args.offline), report=report)
-    summary = evaluate(editor, settings, models, keep_audio=not args.no_audio,
+    summary = evaluate(editor, settings, models, keep_audio=not args.no_audio, songs=songs,
                        progress=_progress_bar(f"clips (process {rank})" if ranks.world()[1] > 1 else "clips",
                                               unit="clip"))
     ranks.leave()
@@ -310,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Build one 5 s test triplet per song and operation (the training rules, "
                                    "seeded), edit each, and score it: SSIM of 16 kHz mel spectrograms, SI-SDR and "
                                    "SI-SDRi (remove, extract), CLAP score, FAD (VGGish) and KL (PANNs) when their "
-                                   "models can be had (pip install 'instruct-musicgen[eval]'). Writes per-clip "
+                                   "models can be had (the eval extra: pip install '.[eval]' in the project). Writes per-clip "
                                    "rows and a summary per operation and stem. Several processes or GPUs: "
                                    "torchrun --nproc_per_node N -m imgen_core.cli eval ...")
     v.add_argument("--data", required=True, help="dataset root (the test split)")

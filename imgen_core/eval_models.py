@@ -1,5 +1,5 @@
 """The embedding models behind the paper's CLAP score, FAD and KL, from the packages the official
-evaluation uses (`pip install "instruct-musicgen[eval]"`, see the README). Each loader
+evaluation uses (the eval extra, `pip install ".[eval]"`, see the README). Each loader
 returns a small object with one method, or raises `Unavailable` with one line saying why and
 what would make it available; the evaluation then skips that metric and says so.
 

@@ -51,8 +51,8 @@ def clip_seed(seed: int, clip: str) -> int:
     return zlib.crc32(f"{seed}:{clip}".encode())
 
 
-def clip_list(settings: EvalSettings, classes) -> list[tuple[str, object, str]]:
-    songs = read_songs(settings.layout, settings.data)
+def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, object, str]]:
+    songs = read_songs(settings.layout, settings.data) if songs is None else songs
     clips = eval_triplets(songs, classes, settings.operations)
     if settings.limit is not None:
         kept = {op: [c for c in clips if c[2] == op][:settings.limit] for op in settings.operations}
@@ -143,12 +143,13 @@ def write_results(out: Path, rows: list[dict], summary: list[dict]):
             f.write(text.encode())
 
 
-def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool = True,
+def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool = True, songs=None,
              progress: Callable[[int, int], None] | None = None) -> list[dict] | None:
     """Run the evaluation; this process scores its share of the clips. On rank 0: every clip's
-    row gathered, the results written, and the summary returned; elsewhere None."""
+    row gathered, the results written, and the summary returned; elsewhere None. `songs`: the
+    dataset as `data.read_songs` returns it, when already read."""
     classes = [c.lower() for c in (settings.classes or editor.stems)]
-    clips = clip_list(settings, classes)
+    clips = clip_list(settings, classes, songs)
     mine = ranks.share(list(enumerate(clips)))
     out = Path(settings.out)
     rows, frames = [], {}

@@ -187,3 +187,18 @@ def test_eval_end_to_end_and_two_processes_give_the_one_process_results(tmp_path
     # results are never overwritten without asking
     again = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "one")
     assert again.returncode == 2 and "already holds results" in again.stderr
+
+
+def test_eval_refusals_say_what_is_accepted(tmp_path, tiny_files, slakh_test, capsys):
+    from imgen_core.cli import main
+    from test_cli import tiny_args
+    base = ["eval", "--data", str(slakh_test), "--layout", "slakh", "--out", str(tmp_path / "o"), *tiny_args(tiny_files)]
+    for extra, words in ((["--ops", "add,mix"], "--ops takes a comma-separated list of add, remove, extract"),
+                         (["--skip", "clop"], "--skip takes a comma-separated list of clap, fad, kl"),
+                         (["--seconds", "0"], "--seconds must be in (0, 30]")):
+        assert main([*base, *extra]) == 2
+        assert words in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path / "none"), "--layout", "slakh", "--out", str(tmp_path / "o"),
+                 *tiny_args(tiny_files)]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
