@@ -90,8 +90,11 @@ class Panns:
 
     @torch.no_grad()
     def logits(self, wav16k: np.ndarray) -> torch.Tensor:
+        """As audioldm_eval feeds the network: the mean removed, zero-padded to at least 2 s."""
         device = next(self.model.parameters()).device
-        out = self.model(torch.as_tensor(np.asarray(wav16k, dtype=np.float32), device=device)[None], None)
+        x = np.asarray(wav16k, dtype=np.float32)
+        x = np.pad(x - x.mean(), (0, max(0, 32000 - len(x))))
+        out = self.model(torch.as_tensor(x, device=device)[None], None)
         probs = out["clipwise_output"][0].double().clamp(1e-7, 1 - 1e-7).cpu()
         return probs.log() - (-probs).log1p()  # the network's sigmoid, undone
 
