@@ -211,8 +211,7 @@ def draw_triplet(rng: random.Random, song: Song, operation: str, classes: list[s
                    song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
 
 
-def eval_triplets(songs: list[Song], classes, operations, seconds: float = 5.0, seed: int = 0,
-                  dialect: str = "slakh") -> list[tuple[str, Song, str]]:
+def eval_triplets(songs: list[Song], classes, operations) -> list[tuple[str, Song, str]]:
     """The evaluation set: one triplet per song and operation (songs with a target class and
     another stem), in a fixed order. Returned as (clip id, song, operation); the triplet itself
     is `draw_eval_triplet(...)`, a function of the seed, the song and the operation only."""

@@ -53,6 +53,7 @@ class Clap:
 
     @torch.no_grad()
     def text(self, caption: str) -> np.ndarray:
+        # laion_clap squeezes a batch of one text into the wrong shape; two copies avoid it
         return np.asarray(self.model.get_text_embedding([caption, caption]))[0]
 
 

@@ -164,9 +164,9 @@ class MusicGenLM(nn.Module):
     def setup_cache(self, batch: int, max_len: int):
         """Preallocate the self-attention KV caches for `batch` rows of up to `max_len` steps, in
         the model's dtype; on the CPU in fp32 whatever the model's, because PyTorch's CPU attention
-        over a long bf16 or fp16 cache is several times slower than over an fp32 one (on CPUs
-        without native bf16 arithmetic: 0.94 ms against 0.15 ms for 500 cached steps of
-        MusicGen-small's layer), for twice the cache's memory."""
+        over a long bf16 or fp16 cache is several times slower than over an fp32 one on CPUs
+        without native bf16 arithmetic (MusicGen-small in bf16: 84 -> 67 ms per step in
+        benchmarks/decode_speed.py), for twice the cache's memory."""
         p = self.out_norm.weight
         dtype = torch.float32 if p.device.type == "cpu" else p.dtype
         for layer in self.layers:

@@ -6,6 +6,7 @@ Every metric compares 16 kHz audio, except CLAP's (48 kHz, in eval_models.py).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -26,26 +27,21 @@ def at_eval_rate(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return resample(wav, sample_rate, EVAL_RATE)
 
 
-class _Torchmetrics:
-    """torchmetrics' functions, imported when first used."""
-
-    def __getattr__(self, name):
-        try:
-            from torchmetrics.functional import audio, image
-        except ImportError:
-            raise ImportError("SSIM and SI-SDR need torchmetrics: pip install torchmetrics") from None
-        return getattr(audio if "signal" in name else image, name)
-
-
 def _torchmetrics():
-    return _Torchmetrics()
+    """torchmetrics' audio and image functions, imported when first used."""
+    try:
+        from torchmetrics.functional import audio, image
+    except ImportError:
+        raise ImportError("SSIM and SI-SDR need torchmetrics: pip install torchmetrics") from None
+    return audio, image
 
 
 def si_sdr(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Scale-invariant SDR in dB (torchmetrics', averaged over channels), the prediction cut to the
     target's length as the official script does."""
     n = min(pred.shape[-1], target.shape[-1])
-    return float(_torchmetrics().scale_invariant_signal_distortion_ratio(pred[..., :n], target[..., :n]).mean())
+    audio, _ = _torchmetrics()
+    return float(audio.scale_invariant_signal_distortion_ratio(pred[..., :n], target[..., :n]).mean())
 
 
 def si_sdr_improvement(pred: torch.Tensor, source: torch.Tensor, target: torch.Tensor) -> float:
@@ -53,6 +49,7 @@ def si_sdr_improvement(pred: torch.Tensor, source: torch.Tensor, target: torch.T
     return si_sdr(pred, target) - si_sdr(source, target)
 
 
+@functools.lru_cache(maxsize=None)
 def mel_filterbank(n_freqs: int = N_FFT // 2 + 1, n_mels: int = N_MELS, sample_rate: int = EVAL_RATE) -> torch.Tensor:
     """HTK-scale triangles from 0 Hz to Nyquist without area normalisation: [n_freqs, n_mels]."""
     def to_mel(f):
@@ -86,7 +83,8 @@ def ssim(pred_mel: torch.Tensor, target_mel: torch.Tensor) -> float:
     where the 11x11 window fits, as torchmetrics computed it until 1.4 (the paper's time; from
     1.5 on it also averages the reflect-padded border), whatever version is installed."""
     n = min(pred_mel.shape[-1], target_mel.shape[-1])
-    _, full = _torchmetrics().structural_similarity_index_measure(
+    _, image = _torchmetrics()
+    _, full = image.structural_similarity_index_measure(
         pred_mel[None, ..., :n], target_mel[None, ..., :n], data_range=1.0, return_full_image=True)
     border = SSIM_KERNEL // 2
     return float(full[..., border:-border, border:-border].mean())

@@ -5,11 +5,12 @@ fp16's) is that much less time, and memory.
 
 On the CPU (`pack_for_cpu`, done by the loader) the weights are handed to fbgemm, PyTorch's x86
 int8 library, whose dynamic int8 product quantises each call's activations to 7 bits on the fly
-and keeps everything else in fp32: on a 2-core AVX2 machine it runs MusicGen-small's layers 2.4x
-faster than PyTorch's int8-weight kernel and 4.6x faster than bf16, with logits closer to fp32's
-than bf16 activations give. Elsewhere (CUDA) the activations are fp16 and the weight is
-dequantised on the fly (the memory saving stays, the speed-up may not); an unpacked layer on the
-CPU uses PyTorch's int8-weight kernel (`_weight_int8pack_mm`).
+and keeps everything else in fp32: on a 2-core AVX2 machine a MusicGen-small decode step takes
+0.58x bf16's time against 0.80x with PyTorch's int8-weight kernel (benchmarks/decode_speed.py),
+with logits closer to fp32's than bf16 activations give (benchmarks/int8_quality.py).
+Elsewhere (CUDA) the activations are fp16 and the weight is dequantised on the fly (the memory
+saving stays, the speed-up may not); an unpacked layer on the CPU uses PyTorch's int8-weight
+kernel (`_weight_int8pack_mm`).
 """
 from __future__ import annotations
 

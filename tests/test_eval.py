@@ -173,7 +173,8 @@ def test_eval_end_to_end_and_two_processes_give_the_one_process_results(tmp_path
     for r in rows:
         assert -1 <= r["ssim"] <= 1 and math.isfinite(r["ssim"])
         assert ("si_sdr" in r) == (r["operation"] != "add")
-        assert r["instruction"].startswith("Music piece. Instruct:") or r["instruction"]
+        assert r["instruction"] == f"Music piece. Instruct: {dict(add='Add', remove='No', extract='Only')[r['operation']]} " \
+            f"{r['target'].title()}."
         for name in ("input", "target", "edited"):
             assert (tmp_path / "one" / "audio" / r["clip"] / f"{name}.wav").is_file()
     # the edits depend on their clips: different inputs, different outputs
