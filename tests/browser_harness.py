@@ -122,10 +122,13 @@ class Frontend:
             self.page.get_by_role("button", name="Cancel current run").first.click()
 
     def search_nodes(self, text: str) -> list[str]:
-        """Open the node search (double click on the empty canvas), type, return the entries shown."""
+        """Open the node search (double click on the empty canvas), type, return the entries shown.
+        Typing starts only once the search box has the focus: keys typed before would reach the
+        page's shortcuts ("n" opens the node library) instead."""
         x, y = self.empty_spot()
         self.page.mouse.dblclick(x, y)
-        time.sleep(0.5)
+        self.page.wait_for_function("document.activeElement && document.activeElement.tagName === 'INPUT'",
+                                    timeout=10_000)
         self.page.keyboard.type(text, delay=20)
         time.sleep(1.5)
         selector = (".litesearchbox .lite-search-item" if self.legacy
