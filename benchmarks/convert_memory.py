@@ -10,45 +10,18 @@ conversion (after imports) and its peak (VmHWM), against the adapter's size.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import math
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from imgen_core.tiny import write_official_checkpoint  # noqa: E402
+
 MB = 1 << 20
-
-
-def write_checkpoint(path: Path, adapter_mb: float, extra_mb: float, dim: int = 512, rank: int = 32,
-                     edit=None) -> None:
-    """`edit(state_dict)`, when given, changes the weights before they are saved (hostile variants)."""
-    per_layer = 4 * dim * (501 + 4 * dim + 4 * rank)
-    layers = max(2, math.ceil(adapter_mb * MB / per_layer))
-    lm = "model.peft_model.lm.transformer.base_model.model.layers"
-    state = {"model.cp_transformer.pos_emb": torch.randn(layers + 1, 501, dim),
-             "model.cp_transformer.gates": torch.zeros(layers)}
-    for i in range(layers):
-        state[f"model.cp_transformer.merge_linear.{i}.weight"] = torch.randn(dim, dim)
-        p = f"{lm}.{i}.cross_attention."
-        for proj in ("q_proj", "v_proj"):
-            state[p + f"{proj}.base_layer.weight"] = torch.randn(dim, dim)
-            state[p + f"{proj}.lora_A.default.weight"] = torch.randn(rank, dim)
-            state[p + f"{proj}.lora_B.default.weight"] = torch.zeros(dim, rank)
-        state[p + "k_proj.weight"] = torch.randn(dim, dim)
-    frozen = max(1, int(extra_mb * MB / 2 / (dim * dim * 2)))
-    for i in range(frozen):  # frozen LM weights, fp16 as in the released file
-        state[f"{lm}.{i % layers}.self_attn.frozen_{i}.weight"] = torch.randn(dim, dim).half()
-    optimizer = {"state": {i: {"exp_avg": torch.randn(dim, dim // 2)} for i in range(frozen)},
-                 "param_groups": [{"lr": 1e-4}]}
-    if edit is not None:
-        edit(state)
-    torch.save({"state_dict": state, "optimizer_states": [optimizer], "global_step": 1,
-                "hyper_parameters": {"optimizer": functools.partial(torch.optim.AdamW, lr=1e-4)}}, path)
 
 
 CHILD = """
@@ -66,7 +39,7 @@ print(json.dumps({'rss_before': before, 'peak': status('VmHWM')}))
 
 def measure(adapter_mb: float, extra_mb: float, workdir: Path) -> dict:
     ckpt, out = workdir / "synthetic.ckpt", workdir / "synthetic_adapter.safetensors"
-    write_checkpoint(ckpt, adapter_mb, extra_mb)
+    write_official_checkpoint(ckpt, adapter_mb, extra_mb)
     run = subprocess.run([sys.executable, "-c", CHILD, str(ckpt), str(out)], capture_output=True, text=True,
                          cwd=REPO, check=True)
     child = json.loads(run.stdout.strip().splitlines()[-1])

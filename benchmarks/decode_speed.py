@@ -33,6 +33,7 @@ from imgen_core.generate import generate  # noqa: E402
 from imgen_core.model import InstructMusicGen  # noqa: E402
 from imgen_core.quant import (Int8Linear, int8_activation_dtype, pack_for_cpu, quantize_weight,  # noqa: E402
                               swap_to_int8)
+from imgen_core.sampling import Sampling  # noqa: E402
 
 SIZES = {
     "tiny": LMConfig(dim=64, num_heads=4, num_layers=2, card=2048),
@@ -40,6 +41,9 @@ SIZES = {
     "large": LMConfig(dim=2048, num_heads=32, num_layers=48, card=2048),
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+
+# MusicGen's own settings (audiocraft's top-k 250), as the transformers and audiocraft rows use them
+SAMPLING = Sampling(top_k=250)
 
 
 def activation_dtype(name: str, device) -> torch.dtype:
@@ -127,14 +131,14 @@ def time_ours(cfg, device, name, steps, cuda_graph="auto") -> dict:
     model = build_ours(cfg, device, name)
     frames = steps - 1 - cfg.max_delay
     g = torch.Generator(device=device).manual_seed(0)
-    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device), torch.zeros(1, 12, cfg.dim, device=device)])
+    text = torch.randn(1, 12, cfg.dim, device=device)  # the null row for guidance is added by generate
     cond = torch.randint(0, cfg.card, (1, cfg.n_q, frames), device=device, generator=g)
-    generate(model, cond[..., :8], text, top_k=250, generator=g, cuda_graph=cuda_graph)  # warm-up
+    generate(model, cond[..., :8], text, SAMPLING, generator=g, cuda_graph=cuda_graph)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     sync(device)
     start = time.perf_counter()
-    generate(model, cond, text, top_k=250, generator=g, cuda_graph=cuda_graph)
+    generate(model, cond, text, SAMPLING, generator=g, cuda_graph=cuda_graph)
     sync(device)
     elapsed = time.perf_counter() - start
     out = {"ms_per_step": 1000 * elapsed / steps, "rtf": frames / FRAME_RATE / elapsed, "peak_rss_gb": peak_rss_gb()}
@@ -157,8 +161,7 @@ def memory_of_10s_edit(cfg, device, name, steps: int | None = None) -> tuple[flo
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    text = torch.cat([torch.randn(1, 12, cfg.dim, device=device, dtype=act),
-                      torch.zeros(1, 12, cfg.dim, device=device, dtype=act)])
+    text = torch.randn(1, 12, cfg.dim, device=device, dtype=act)
     cond = torch.randint(0, cfg.card, (1, cfg.n_q, 500), device=device)
 
     def stop(done, total):
@@ -166,7 +169,7 @@ def memory_of_10s_edit(cfg, device, name, steps: int | None = None) -> tuple[flo
             raise _Enough
 
     with contextlib.suppress(_Enough):
-        generate(model, cond, text, top_k=250, progress=stop)
+        generate(model, cond, text, SAMPLING, progress=stop)
     sync(device)
     packed = [m for m in model.modules() if isinstance(m, Int8Linear) and m.packed is not None]
     weights = (sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 import sys
 import time
@@ -22,13 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def song(seconds: float, sr: int = 44100) -> torch.Tensor:
-    t = torch.arange(int(seconds * sr)) / sr
-    chord = sum(torch.sin(2 * math.pi * f * t) for f in (196.0, 246.9, 293.7)) / 3
-    return torch.stack([0.5 * chord, 0.4 * chord])
-
-
 def edit_once(seconds: float) -> float:
+    from imgen_core.synthetic import song
     from imgen_core.tiny import tiny_editor
     editor = tiny_editor(seed=0)
     wav = song(seconds)

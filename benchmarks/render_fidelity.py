@@ -3,8 +3,8 @@ oracle stands in for the model.
 
     python benchmarks/render_fidelity.py [--songs 8] [--seconds 6]
 
-Songs are synthetic multitracks (drums, bass, piano, guitar), stereo at 44.1 kHz, each stem
-panned differently. For each operation the ideal result is known (remove: the mix without the
+Songs are synthetic multitracks (`imgen_core/synthetic.py`: drums, bass, piano, guitar), stereo
+at 44.1 kHz, each stem panned differently. For each operation the ideal result is known (remove: the mix without the
 stem; extract: the stem; add: the full mix from the mix without it). The oracle "model" returns
 that ideal result through a channel like the model's path: mono, 32 kHz (so band-limited to 16
 kHz), with noise at -25 dB; its "reconstruction" of the input goes through the same channel
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -26,40 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from imgen_core import render  # noqa: E402
 from imgen_core.audio import resample  # noqa: E402
+from imgen_core.synthetic import STEMS, multitrack  # noqa: E402
 
 SR, MODEL_SR = 44100, 32000
-STEMS = ("drums", "bass", "piano", "guitar")
-PANS = {"drums": 0.0, "bass": -0.2, "piano": 0.6, "guitar": -0.7}  # -1 left .. 1 right
 NOISE_DB = -25.0
-
-
-def stem(kind: str, seconds: float, seed: int) -> torch.Tensor:
-    """A mono stem [T]: gated noise bursts (drums, full band), a low sine (bass), decaying notes
-    (piano), a sawtooth with harmonics to Nyquist (guitar)."""
-    g = torch.Generator().manual_seed(seed)
-    t = torch.arange(int(seconds * SR), dtype=torch.float64) / SR
-    if kind == "drums":
-        beat = torch.sin(2 * math.pi * (2 + torch.rand(1, generator=g).item()) * t) > 0.8
-        x = (torch.rand(t.shape, generator=g, dtype=torch.float64) - 0.5) * 2 * beat
-    elif kind == "bass":
-        x = torch.sin(2 * math.pi * (45 + 30 * torch.rand(1, generator=g).item()) * t)
-    elif kind == "piano":
-        f = 220 * 2 ** (torch.randint(0, 12, (1,), generator=g).item() / 12)
-        x = sum(torch.sin(2 * math.pi * f * h * t) / h for h in (1, 2, 3)) * torch.exp(-3 * (t % 0.5))
-    else:
-        f = 110 * 2 ** (torch.randint(0, 12, (1,), generator=g).item() / 12)
-        x = 2 * ((f * t) % 1) - 1
-    return x / x.abs().max()
-
-
-def song(seconds: float, seed: int) -> dict[str, torch.Tensor]:
-    """Stereo stems [2, T] at 44.1 kHz, each panned (constant power) and at its own level."""
-    out = {}
-    for i, kind in enumerate(STEMS):
-        angle = (PANS[kind] + 1) * math.pi / 4
-        gains = torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)[:, None]
-        out[kind] = 0.25 * gains * stem(kind, seconds, seed * 10 + i)
-    return out
 
 
 def lossy(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -99,7 +68,7 @@ def case(operation: str, target_stem: str, stems: dict[str, torch.Tensor], seed:
 def measure(songs: int = 8, seconds: float = 6.0) -> list[dict]:
     rows = []
     for s in range(songs):
-        stems = song(seconds, s)
+        stems = multitrack(seconds, s, SR)
         for operation in ("remove", "extract", "add"):
             for target_stem in STEMS:
                 rows.append(case(operation, target_stem, stems, seed=1000 * s + len(rows)))

@@ -42,7 +42,7 @@ def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> d
     return shapes
 
 
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+_SAFETENSORS_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
            torch.int64: "I64", torch.int32: "I32"}
 
 
@@ -54,10 +54,10 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str
     path = Path(path)
     header, offset = {"__metadata__": metadata}, 0
     for name, t in tensors.items():
-        if t.dtype not in _DTYPES:
+        if t.dtype not in _SAFETENSORS_CODES:
             raise CheckpointError(f"cannot store {name} of dtype {t.dtype}")
         n = t.numel() * t.element_size()
-        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": _SAFETENSORS_CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
         offset += n
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)
@@ -86,8 +86,8 @@ def adapter_sizes(meta: dict, path) -> tuple[FusionConfig, int, int]:
     """The fusion config and LM sizes an adapter's metadata declares, bounded."""
     if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path} is not an Instruct-MusicGen adapter (metadata format="
-                              f"{brief(repr(meta.get('format')), 80)}); convert the official checkpoint with "
-                              f"`imgen convert`")
+                              f"{brief(repr(meta.get('format')), 80)}); the official finetuned.ckpt is accepted as it "
+                              f"is (converted once)")
     try:
         fusion = FusionConfig.from_dict(json.loads(meta["fusion"]))
         lm_layers, lm_dim = int(meta["lm_layers"]), int(meta["lm_dim"])
@@ -162,7 +162,7 @@ def _numel(shape) -> int:
 
 
 def _torch_dtype(name: str) -> torch.dtype:
-    dtype = {v: k for k, v in _DTYPES.items()}.get(name) or {"BOOL": torch.bool, "U8": torch.uint8,
+    dtype = {v: k for k, v in _SAFETENSORS_CODES.items()}.get(name) or {"BOOL": torch.bool, "U8": torch.uint8,
                                                             "I8": torch.int8, "I16": torch.int16}.get(name)
     if dtype is None:
         raise ValueError(f"unsupported tensor type {brief(name, 20)}")

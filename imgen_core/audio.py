@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import about
 from .files import replacing
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this there is nothing to edit
@@ -203,7 +204,7 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     import soundfile as sf
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite (overwrite=True) to replace it")
+        raise about(FileExistsError(f"{path} already exists; it is replaced only when asked (overwrite)"), "overwrite")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {path.parent}")
     wav = wav.detach().float().cpu()

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from .checkpoints import CheckpointError, brief, check_lm_sizes, refuse_hollow
-from .config import ConfigError, LMConfig
+from .config import T5_WIDTHS, ConfigError, LMConfig
 from .safe_pickle import safe_load
 
 TEXT_PROJ_PREFIX = "condition_provider.conditioners.description.output_proj."
@@ -67,7 +67,7 @@ def _config(cfg, path) -> LMConfig:
 
 def audiocraft_config(cfg: LMConfig) -> dict:
     """The parts of an audiocraft `xp.cfg` that `LMConfig.from_audiocraft` reads."""
-    t5 = {512: "t5-small", 768: "t5-base", 1024: "t5-large"}.get(cfg.text_dim, "t5-base")
+    t5 = next((name for name, width in T5_WIDTHS.items() if width == cfg.text_dim), "t5-base")
     return {
         "transformer_lm": {"dim": cfg.dim, "num_heads": cfg.num_heads, "num_layers": cfg.num_layers,
                            "hidden_scale": cfg.hidden_scale, "n_q": cfg.n_q, "card": cfg.card,
@@ -77,7 +77,6 @@ def audiocraft_config(cfg: LMConfig) -> dict:
         "codebooks_pattern": {"modeling": "delay", "delay": {"delays": list(cfg.delays)}},
         "fuser": {"cross": ["description"], "prepend": [], "sum": [], "cross_attention_pos_emb": False},
         "conditioners": {"description": {"model": "t5", "t5": {"name": t5}}},
-        "classifier_free_guidance": {"inference_coef": cfg.cfg_coef},
         "sample_rate": 32000, "channels": 1,
     }
 

@@ -55,5 +55,5 @@ def plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     for src, dst in pairs:
         if is_same_file(dst, src):
             raise FileExistsError(f"the output {dst} is the input file; choose another name (inputs are never "
-                                  f"replaced, not even with --overwrite)")
+                                  f"replaced, not even when overwriting)")
     return pairs

@@ -92,13 +92,14 @@ def check_layout(layout: dict[str, tuple], expected: dict[str, tuple], source: s
         problems.append(f"unexpected keys: {_some(extra)}")
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
-    not_float = [f"{k} ({layout[k][1]})" for k in expected if layout[k][1] not in WEIGHT_DTYPES]
+    not_float = [f"{k} ({layout[k][1]})" for k in expected if layout[k][1] not in STORED_FLOAT_TYPES]
     if not_float:
         raise CheckpointError(f"{source}: weights must be float16, bfloat16, float32 or float64; "
                               f"{_some(not_float)} are not")
 
 
-WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The types a weight may be stored in (any is converted to the dtype asked for).
+STORED_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_finite(name: str, tensor: torch.Tensor, source: str):
@@ -124,3 +125,16 @@ def check_lm_sizes(cfg, source: str):
         bad.append(f"delays={brief(list(cfg.delays), 80)} (accepted: 0 to 64)")
     if bad:
         raise CheckpointError(f"{source}: its config declares sizes out of range: {'; '.join(bad)}")
+    count = lm_parameters(cfg)
+    if count > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: its config declares an LM of {count / 1e9:.1f} billion parameters; "
+                              f"accepted: at most {MAX_PARAMETERS / 1e9:.0f} billion (MusicGen-large has 3.3)")
+
+
+def lm_parameters(cfg) -> int:
+    """The weights an LM config declares: per layer self- and cross-attention (4 d x d each), the
+    feed-forward (2 x hidden_scale d x d) and three norms; the code embeddings and output heads;
+    the text projection."""
+    d = cfg.dim
+    layer = 8 * d * d + 2 * cfg.hidden_scale * d * d + 6 * d
+    return cfg.num_layers * layer + cfg.n_q * (2 * cfg.card + 1) * d + 2 * d + cfg.text_dim * d + d

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,14 @@ EPILOG = """Weights: the base MusicGen (facebook/musicgen-large, CC-BY-NC 4.0, n
 Instruct-MusicGen checkpoint (ldzhangyx/instruct-MusicGen, no licence stated), T5 (t5-base) and
 EnCodec (facebook/encodec_32khz) are downloaded from Hugging Face on first use, or read from local
 paths. Set HF_HUB_OFFLINE=1 (or --offline) to never touch the network."""
+
+# What to do about an error, in this command line's words, by the library setting it names.
+HINTS = {"overwrite": "pass --overwrite to replace it",
+         "mode": "use --render model",
+         "rate": "--rate and --channels apply to --render model over the whole song",
+         "clap_checkpoint": "pass --clap-checkpoint FILE",
+         "operations": "--ops takes a comma-separated list of add, remove, extract",
+         "seconds": "see --seconds", "limit": "see --limit", "threads": "see --threads"}
 
 
 def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
@@ -29,78 +38,99 @@ def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
 
 
 def _add_model_args(p: argparse.ArgumentParser):
-    from .editor import DEFAULT_ADAPTER, DEFAULT_BASE, DEFAULT_ENCODEC, DEFAULT_T5
-    p.add_argument("--base", default=DEFAULT_BASE, help=f"base MusicGen: state_dict.bin, its folder or a HF repo (default {DEFAULT_BASE})")
-    p.add_argument("--adapter", default=DEFAULT_ADAPTER, help=f"adapter .safetensors, official .ckpt or HF repo (default {DEFAULT_ADAPTER})")
-    p.add_argument("--t5", default=DEFAULT_T5, help=f"T5 folder or HF repo (default {DEFAULT_T5})")
-    p.add_argument("--encodec", default=DEFAULT_ENCODEC, help=f"EnCodec folder or HF repo (default {DEFAULT_ENCODEC})")
+    from . import defaults
+    p.add_argument("--base", default=defaults.BASE,
+                   help=f"base MusicGen: state_dict.bin, its folder or a HF repo (default {defaults.BASE})")
+    p.add_argument("--adapter", default=defaults.ADAPTER,
+                   help=f"adapter .safetensors, official .ckpt or HF repo (default {defaults.ADAPTER})")
+    p.add_argument("--t5", default=defaults.T5, help=f"T5 folder or HF repo (default {defaults.T5})")
+    p.add_argument("--encodec", default=defaults.ENCODEC, help=f"EnCodec folder or HF repo (default {defaults.ENCODEC})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ... (default auto; under torchrun "
                    "each process takes the GPU of its local rank)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8"],
+    p.add_argument("--dtype", default="auto", choices=defaults.DTYPE_CHOICES,
                    help="model precision (default: fp16 on GPU, fp32 on CPU); int8: the LM's weights in int8, half "
                    "the memory of fp16, activations in fp16 on GPU; on CPU fbgemm's int8 products, the fastest choice there")
     p.add_argument("--offline", action="store_true", help="never use the network")
 
 
-def _add_generation_args(p: argparse.ArgumentParser):
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance coefficient (default 3.0)")
-    p.add_argument("--top-k", type=int, default=100, help="sample among the k most likely tokens (default 100)")
-    p.add_argument("--top-p", type=float, default=0.0, help="nucleus sampling threshold; 0 disables (default)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 is greedy (default 1.0)")
-    p.add_argument("--window", type=float, default=5.0, help="seconds per edit window, at most 10 (default 5, "
-                   "the length the released model was trained on)")
-    p.add_argument("--overlap", type=float, default=2.0, help="seconds each window re-reads from the previous "
-                   "one, so the song continues across windows (default 2)")
+def _add_generation_args(p: argparse.ArgumentParser, threads: str):
+    from .sampling import Sampling
+    d = Sampling()
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed})")
+    p.add_argument("--guidance", type=float, default=d.guidance,
+                   help=f"classifier-free guidance coefficient (default {d.guidance})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"sample among the k most likely tokens (default {d.top_k})")
+    p.add_argument("--top-p", type=float, default=d.top_p, help=f"nucleus sampling threshold; 0 disables (default {d.top_p})")
+    p.add_argument("--temperature", type=float, default=d.temperature,
+                   help=f"sampling temperature; 0 is greedy (default {d.temperature})")
+    p.add_argument("--window", type=float, default=d.window_seconds, help=f"seconds per edit window, at most 10 "
+                   f"(default {d.window_seconds:g}, the length the released model was trained on)")
+    p.add_argument("--overlap", type=float, default=d.overlap_seconds, help="seconds each window re-reads from the "
+                   f"previous one, so the song continues across windows (default {d.overlap_seconds:g})")
+    p.add_argument("--threads", type=int, help=f"CPU threads per process; {threads}")
+
+
+def _sampling(args):
+    """The generation settings the options ask for, checked before any model loads."""
+    from .sampling import Sampling
+    return Sampling(guidance=args.guidance, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                    window_seconds=args.window, overlap_seconds=args.overlap, seed=args.seed)
 
 
 def cmd_edit(args) -> int:
     from . import ranks
     from .audio import read_recording, write_audio
     from .batch import is_batch, plan
-    from .editor import Editor, check_output_form, check_range, resolve_render
+    from .defaults import pick_device
+    from .editor import Editor
     from .instructions import operation_of
-    from .loader import pick_device
+    from .take import check_output_form, check_range, render_mode
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
         raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
+    sampling = _sampling(args)
     batch = args.batch = is_batch(args.input, args.output)
     jobs = plan(args.input, args.output)
     rate = args.rate if args.rate in (None, "model", "input") else int(args.rate)
     ranged = args.start is not None or args.end is not None
+    mode = render_mode(args.render, [args.op or operation_of(args.instruction)])
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {args.threads}")
+
+    def check(rec):
+        if ranged:
+            check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
+        check_output_form(mode == "preserve" or ranged, rate, args.channels, rec.sample_rate)
+
     if not batch:
         if ranks.world()[1] > 1:
             raise ValueError("under torchrun, give several inputs or a folder and an output folder to share out")
         if jobs[0][1].exists() and not args.overwrite:
             raise FileExistsError(f"{jobs[0][1]} already exists; pass --overwrite to replace it")
         rec = read_recording(jobs[0][0])
-        if ranged:
-            check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
+        check(rec)
     device = ranks.join(pick_device(args.device))
-    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
+    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None)
     text = editor.instruction(args.op, args.stem, args.instruction)
-    mode = resolve_render(args.render, [operation_of(text)])
     print(f"instruction: {text!r}; render: {mode}", file=sys.stderr)
 
     def edit_one(src, dst, rec, progress):
-        if ranged:
-            check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
-        check_output_form(mode, ranged, rate, args.channels, rec.sample_rate)
+        check(rec)
         start = time.perf_counter()
-        result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, render=args.render, start=args.start,
-                                             end=args.end, fade=args.fade, rate=rate, channels=args.channels,
-                                             seed=args.seed, guidance=args.guidance, top_k=args.top_k,
-                                             top_p=args.top_p, temperature=args.temperature,
-                                             window_seconds=args.window, overlap_seconds=args.overlap,
-                                             progress=progress)
+        result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, sampling, render=args.render,
+                                             start=args.start, end=args.end, fade=args.fade, rate=rate,
+                                             channels=args.channels, progress=progress)
         write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
         return (f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
                 f"in {time.perf_counter() - start:.1f} s")
 
     if not batch:
-        print(edit_one(*jobs[0], rec, _progress_bar("editing")), file=sys.stderr)
+        with ranks.fixed_threads(args.threads) if args.threads else contextlib.nullcontext():
+            print(edit_one(*jobs[0], rec, _progress_bar("editing")), file=sys.stderr)
         return 0
-    return _edit_many(ranks.share(jobs), edit_one, args.overwrite)
+    # many files: a file's result must not depend on how many processes share the run
+    with ranks.fixed_threads(args.threads or ranks.REPRODUCIBLE_THREADS):
+        return _edit_many(ranks.share(jobs), edit_one, args.overwrite)
 
 
 def _edit_many(jobs, edit_one, overwrite: bool) -> int:
@@ -144,19 +174,10 @@ def cmd_convert(args) -> int:
     return 0
 
 
-def _demo_clip(seconds: float, root: float, sr: int = 44100):
-    """A stereo 44.1 kHz chord with a clicking beat, synthesized."""
-    import math
-
-    import torch
-    t = torch.arange(int(sr * seconds)) / sr
-    chord = sum(torch.sin(2 * math.pi * root * r * t) for r in (1.0, 1.26, 1.498)) / 3
-    beat = (torch.rand(t.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * (torch.sin(2 * math.pi * 2 * t) > 0.95)
-    return torch.stack([0.5 * chord + 0.3 * beat, 0.5 * chord - 0.3 * beat]), sr
-
-
 def cmd_demo(args) -> int:
     from .audio import write_audio
+    from .sampling import Sampling
+    from .synthetic import song
     from .tiny import tiny_editor
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -165,21 +186,22 @@ def cmd_demo(args) -> int:
           "(resample, EnCodec, T5, fused LM with guidance, decode) but random weights make noise,\n"
           "not music. For real edits see `imgen edit --help` and the README.", file=sys.stderr)
     editor = tiny_editor(seed=args.seed)
-    clip, sr = _demo_clip(args.seconds, 220.0)
+    sampling = Sampling(seed=args.seed)
+    clip = song(args.seconds, seed=0)
     text = editor.instruction("remove", "drums")
 
     def edited(audio, instruction, progress=None):
-        codes, source = editor.encode_source(audio, sr)
-        return editor.edit(codes, instruction, seed=args.seed, progress=progress), source
+        return editor.edit(editor.encode(audio, 44100), instruction, sampling, progress=progress)
 
-    tokens, source = edited(clip, text, _progress_bar("editing"))
-    result, rate = editor.decode_to(tokens, source, "model", "mono")
+    take = edited(clip, text, _progress_bar("editing"))
+    result, rate = editor.render(take, "model", channels="mono")
     write_audio(out, result[0], rate, overwrite=args.overwrite)
     print(f"ok: edited a {args.seconds:.1f} s synthesized stereo 44.1 kHz clip with {text!r}; wrote {out} "
           f"({result.shape[-1] / rate:.2f} s, {rate} Hz mono)", file=sys.stderr)
+    tokens = take.codes
     # The pipeline passes information through, or something in it is broken.
-    by_input = (tokens != edited(_demo_clip(args.seconds, 330.0)[0], text)[0]).float().mean().item()
-    by_text = (tokens != edited(clip, editor.instruction("add", "bass"))[0]).float().mean().item()
+    by_input = (tokens != edited(song(args.seconds, seed=1), text).codes).float().mean().item()
+    by_text = (tokens != edited(clip, editor.instruction("add", "bass")).codes).float().mean().item()
     spread = result.std().item()
     checks = [(f"the output depends on the input: {by_input:.0%} of the tokens change for another clip", by_input > 0.1),
               (f"the output depends on the instruction: {by_text:.0%} change for 'add bass'", by_text > 0.1),
@@ -209,55 +231,50 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from . import eval_models, ranks
     from .data import read_songs
+    from .defaults import pick_device
     from .editor import Editor
-    from .evaluate import EvalSettings, evaluate
-    from .instructions import OPERATIONS
-    from .loader import pick_device
-    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip())
-    bad = [o for o in ops if o not in OPERATIONS]
-    if bad or not ops:
-        raise ValueError(f"--ops takes a comma-separated list of {', '.join(OPERATIONS)}; got {args.ops!r}")
+    from .evaluate import RESULT_FILES, EvalSettings, evaluate, markdown
     skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
-    if any(m not in ("clap", "fad", "kl") for m in skip):
-        raise ValueError(f"--skip takes a comma-separated list of clap, fad, kl; got {args.skip!r}")
-    if not 0 < args.seconds <= 30 or (args.limit is not None and args.limit < 1):
-        raise ValueError(f"--seconds must be in (0, 30] and --limit at least 1; got {args.seconds}, {args.limit}")
+    if any(m not in eval_models.METRIC_MODELS for m in skip):
+        raise ValueError(f"--skip takes a comma-separated list of {', '.join(eval_models.METRIC_MODELS)}; "
+                         f"got {args.skip!r}")
+    settings = EvalSettings(args.data, args.layout, args.out, tuple(o.strip() for o in args.ops.split(",") if o.strip()),
+                            tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
+                            args.seconds, args.limit, args.render, _sampling(args),
+                            **({} if args.threads is None else {"threads": args.threads}))
     songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
     out = Path(args.out)
     device = ranks.join(pick_device(args.device))
     # every process looks before any writes, and all follow what the first one saw
-    written = ranks.gather([n for n in ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio")
-                            if (out / n).exists()])[0]
+    written = ranks.gather([n for n in RESULT_FILES if (out / n).exists()])[0]
     if written and not args.overwrite:
         raise FileExistsError(f"{out} already holds results ({', '.join(written)}); choose another --out or pass "
                               f"--overwrite")
-    settings = EvalSettings(args.data, args.layout, args.out, ops,
-                            tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
-                            args.seconds, args.seed, args.limit, args.render,
-                            dict(guidance=args.guidance, top_k=args.top_k, top_p=args.top_p,
-                                 temperature=args.temperature, window_seconds=args.window,
-                                 overlap_seconds=args.overlap))
-    rank, _ = ranks.world()
+    rank, size = ranks.world()
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
-    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, str(device), args.dtype,
+    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None)
-    wanted = [m for m in ("clap", "fad", "kl") if m not in skip]
+    wanted = [m for m in eval_models.METRIC_MODELS if m not in skip]
     models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
-                              offline=bool(args.offline), report=report)
+                              offline=bool(args.offline), report=report, hints=HINTS)
     summary = evaluate(editor, settings, models, keep_audio=not args.no_audio, songs=songs,
-                       progress=_progress_bar(f"clips (process {rank})" if ranks.world()[1] > 1 else "clips",
-                                              unit="clip"))
+                       progress=_progress_bar(f"clips (process {rank})" if size > 1 else "clips", unit="clip"))
     ranks.leave()
     if summary is not None:
-        from .evaluate import markdown
         print(markdown(summary), end="")
         report(f"wrote {out}/clips.csv, clips.jsonl, summary.json, summary.md")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
-    from .editor import DEFAULT_BASE
-    from .eval_models import CLAP_FILE, CLAP_REPO
+    from . import defaults
+    from .eval_models import CLAP_FILE, CLAP_REPO, METRIC_MODELS
+    from .evaluate import EvalSettings
+    from .ranks import REPRODUCIBLE_THREADS
+    from .render import RENDER_MODES
+    from .sampling import Sampling
+    from .take import DEFAULT_FADE_SECONDS
+    run = EvalSettings("", "", "")
     p = argparse.ArgumentParser(prog="imgen", description="Edit music by instruction with Instruct-MusicGen.",
                                 epilog=EPILOG)
     sub = p.add_subparsers(dest="command", required=True)
@@ -271,15 +288,15 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="output file (.wav, .flac or .ogg); with several inputs or a "
                    "folder, an output folder: each file keeps its name there, outputs already written are skipped "
                    "(rerun to continue after an interruption)")
-    e.add_argument("--render", default="auto", choices=["auto", "preserve", "model"],
+    e.add_argument("--render", default="auto", choices=RENDER_MODES,
                    help="preserve: the edit applied to the original at its own rate and channels, all it did not "
                    "ask to change kept (default for add, remove, extract); model: the model's 32 kHz mono output "
                    "(default for a free-text instruction)")
     e.add_argument("--start", type=float, help="edit only from this second on (default: the start)")
     e.add_argument("--end", type=float, help="edit only up to this second (default: the end); outside the range "
                    "and its fades every sample is the input's")
-    e.add_argument("--fade", type=float, default=0.05, help="seconds of cross-fade at each end of the range "
-                   "(default 0.05)")
+    e.add_argument("--fade", type=float, default=DEFAULT_FADE_SECONDS, help="seconds of cross-fade at each end of "
+                   f"the range (default {DEFAULT_FADE_SECONDS})")
     e.add_argument("--rate", help="with --render model over the whole song: output sample rate, model (32000, "
                    "default), input, or Hz")
     e.add_argument("--channels", choices=["input", "mono"],
@@ -290,7 +307,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--instruction", help="free-text instruction instead of --op/--stem (advanced)")
     _add_model_args(e)
     e.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
-    _add_generation_args(e)
+    _add_generation_args(e, f"default: every core for one file; {REPRODUCIBLE_THREADS} for several, so that each "
+                         "file's result is the same whatever the number of processes a run is spread over")
     e.set_defaults(func=cmd_edit)
 
     c = sub.add_parser("convert", help="convert the official finetuned.ckpt to a compact adapter",
@@ -298,7 +316,8 @@ def parser() -> argparse.ArgumentParser:
                                    "from it and write only what inference needs as safetensors.")
     c.add_argument("checkpoint", help="official finetuned.ckpt")
     c.add_argument("-o", "--output", required=True, help="output adapter .safetensors")
-    c.add_argument("--base-model", default=DEFAULT_BASE, help=f"base model the adapter belongs to (default {DEFAULT_BASE})")
+    c.add_argument("--base-model", default=defaults.BASE,
+                   help=f"base model the adapter belongs to (default {defaults.BASE})")
     c.add_argument("--dialect", default="slakh", choices=sorted(instructions.DIALECTS), help="instruction templates it was trained with")
     c.add_argument("--stems", help="comma-separated stem vocabulary (default: the dialect's)")
     c.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
@@ -322,26 +341,28 @@ def parser() -> argparse.ArgumentParser:
                                    "torchrun --nproc_per_node N -m imgen_core.cli eval ...")
     v.add_argument("--data", required=True, help="dataset root (the test split)")
     v.add_argument("--layout", required=True, choices=["slakh", "moisesdb", "folders"], help="dataset layout")
-    v.add_argument("--ops", default="add,remove,extract", help="operations to evaluate (default add,remove,extract)")
+    ops = ",".join(run.operations)
+    v.add_argument("--ops", default=ops, help=f"operations to evaluate (default {ops})")
     v.add_argument("--out", required=True, help="output folder for the results and the clips' audio")
     v.add_argument("--classes", help="comma-separated target stems (default: the adapter's)")
-    v.add_argument("--seconds", type=float, default=5.0, help="clip length (default 5, the paper's)")
+    v.add_argument("--seconds", type=float, default=run.seconds, help=f"clip length (default {run.seconds:g}, the paper's)")
     v.add_argument("--limit", type=int, help="only the first N songs per operation")
-    v.add_argument("--render", default="model", choices=["auto", "preserve", "model"],
-                   help="how the edit is rendered (default model: the model's output, as the paper scored it)")
-    v.add_argument("--skip", help="comma-separated metrics not to compute among clap, fad, kl")
+    v.add_argument("--render", default=run.render, choices=RENDER_MODES,
+                   help=f"how the edit is rendered (default {run.render}: the model's output, as the paper scored it)")
+    v.add_argument("--skip", help=f"comma-separated metrics not to compute among {', '.join(METRIC_MODELS)}")
     v.add_argument("--clap-checkpoint", help=f"local LAION-CLAP checkpoint (default: {CLAP_REPO}/{CLAP_FILE} "
                    "from Hugging Face)")
     v.add_argument("--no-audio", action="store_true", help="do not keep the clips' audio")
     v.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     _add_model_args(v)
-    _add_generation_args(v)
+    _add_generation_args(v, f"default {run.threads}, so that each clip's result is the same whatever the number "
+                         "of processes the run is spread over")
     v.set_defaults(func=cmd_eval)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")
     d.add_argument("--seconds", type=float, default=2.0, help="length of the synthesized clip (default 2)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=Sampling().seed)
     d.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     d.set_defaults(func=cmd_demo)
     return p
@@ -367,11 +388,13 @@ def main(argv=None) -> int:
     from .checkpoints import CheckpointError
     from .config import ConfigError
     from .data import DatasetError
+    from .errors import setting_of
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, AudioError, CheckpointError, ConfigError, DatasetError,
             ValueError) as e:
-        print(f"imgen {args.command}: error: {e}", file=sys.stderr)
+        hint = HINTS.get(setting_of(e))
+        print(f"imgen {args.command}: error: {e}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = " (the files finished are kept: rerun to continue)" if getattr(args, "batch", False) else ""

@@ -22,7 +22,7 @@ class Codec:
         self.n_q = min(model.quantizer.get_num_quantizers_for_bandwidth(self.bandwidth), len(model.quantizer.layers))
 
     @classmethod
-    def from_pretrained(cls, name: str = "facebook/encodec_32khz", offline: bool | None = None) -> "Codec":
+    def from_pretrained(cls, name: str, offline: bool | None = None) -> "Codec":
         from transformers import EncodecModel
         return cls(load_pretrained(EncodecModel, name, "EnCodec", offline))
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+# The width of each T5 that audiocraft's text conditioner may name (the LM's text projection input).
+T5_WIDTHS = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
+
+
 class ConfigError(ValueError):
     """A model configuration this library cannot build."""
 
@@ -21,7 +25,6 @@ class LMConfig:
     text_dim: int = 768
     delays: tuple[int, ...] = (0, 1, 2, 3)
     max_period: float = 10_000.0
-    cfg_coef: float = 3.0
 
     def __post_init__(self):
         if self.dim % self.num_heads:
@@ -40,17 +43,6 @@ class LMConfig:
     @property
     def special_token(self) -> int:
         return self.card
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["delays"] = list(self.delays)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LMConfig":
-        d = dict(d)
-        d["delays"] = tuple(d.get("delays", (0, 1, 2, 3)))
-        return cls(**d)
 
     @classmethod
     def from_audiocraft(cls, cfg: dict) -> "LMConfig":
@@ -78,11 +70,9 @@ class LMConfig:
             raise ConfigError("unsupported MusicGen LM settings: " + "; ".join(unsupported))
         delays = tuple(pattern.get("delay", {}).get("delays", range(lm["n_q"])))
         t5_name = (((cfg.get("conditioners") or {}).get("description") or {}).get("t5") or {}).get("name", "t5-base")
-        text_dims = {"t5-small": 512, "t5-base": 768, "t5-large": 1024, "t5-3b": 1024, "t5-11b": 1024}
-        cfg_coef = (cfg.get("classifier_free_guidance") or {}).get("inference_coef", 3.0)
         return cls(dim=int(lm["dim"]), num_heads=int(lm["num_heads"]), num_layers=int(lm["num_layers"]),
                    n_q=int(lm["n_q"]), card=int(lm["card"]), hidden_scale=int(lm.get("hidden_scale", 4)),
-                   text_dim=text_dims.get(t5_name, 768), delays=delays, cfg_coef=float(cfg_coef))
+                   text_dim=T5_WIDTHS.get(t5_name, 768), delays=delays)
 
 
 @dataclass(frozen=True)

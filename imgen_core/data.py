@@ -3,7 +3,7 @@
 Three layouts are read: Slakh2100 (track folders with `metadata.yaml` and `stems/Sxx.flac`,
 classes from `inst_class`), MoisesDB (track folders with `data.json` and one folder per stem)
 and a plain folder of stems per song (`song/drums.wav`, `song/bass_2.flac`, ...). The triplet
-rules are the official ones (DESIGN §7); every draw is a function of (seed, sample index), so a
+rules are the official training recipe's; every draw is a function of (seed, sample index), so a
 dataset is deterministic and resumable without saving any sampler state.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .audio import AUDIO_SUFFIXES, resample
-from .instructions import OPERATIONS, render
+from .instructions import OPERATIONS, phrase
 
 SAMPLE_RATE = 32000
 
@@ -144,7 +144,7 @@ class Triplet:
 
 
 def choose_mix(rng: random.Random, operation: str, target: str, present: list[str]) -> tuple[list[str], list[str]]:
-    """Classes summed into the input and the output (DESIGN §7): add: input = 1..N-1 others,
+    """Classes summed into the input and the output, as the official recipe draws them: add: input = 1..N-1 others,
     output = input + target; remove: the reverse; extract: input = target + others, output = target."""
     others = [c for c in present if c != target]
     chosen = rng.sample(others, rng.randint(1, len(others)))
@@ -207,7 +207,7 @@ def draw_triplet(rng: random.Random, song: Song, operation: str, classes: list[s
         if not near_silent(x, y):
             break
     x, y = normalise(x, y)
-    return Triplet(x, y, operation, target, render(operation, target, dialect, classes),
+    return Triplet(x, y, operation, target, phrase(operation, target, dialect, classes),
                    song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
 
 

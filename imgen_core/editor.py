@@ -1,39 +1,28 @@
-"""The public API: encode audio to codes, edit codes by instruction, decode codes to audio.
+"""The public API: a song becomes a `Take`, a take is edited by instruction, a take becomes audio.
 
-    editor = Editor.from_pretrained()                 # downloads once, then works offline
-    codes = editor.encode(wav, sample_rate)           # any rate, channels, length
-    edited = editor.edit(codes, editor.instruction("remove", "drums"), seed=0)
-    audio = editor.decode(edited)                     # [B, 1, T] at editor.sample_rate
+    editor = Editor.from_pretrained()                          # downloads once, then works offline
+    take = editor.encode(wav, sample_rate)                     # any rate, channels, length
+    take = editor.edit(take, editor.instruction("remove", "drums"), Sampling(seed=3))
+    audio, rate = editor.render(take)                          # the edit applied to the original
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-from . import instructions
+from . import defaults, instructions
 from . import render as rendering
-from .audio import AudioError, SourceInfo, as_batch, from_model_audio, to_model_audio
+from .audio import as_batch, from_model_audio, to_model_audio
 from .codec import Codec
-from .loader import load_editor, pick_device, pick_dtype
+from .loader import NewAdapter, load_parts
 from .model import InstructMusicGen
-from .quant import Int8Linear
+from .sampling import Sampling
+from .take import DEFAULT_FADE_SECONDS, Take, check_output_form
 from .text import TextEncoder
 from .windows import edit_windowed
 
-DEFAULT_BASE = "facebook/musicgen-large"
-DEFAULT_ADAPTER = "ldzhangyx/instruct-MusicGen"
-DEFAULT_T5 = "t5-base"
-DEFAULT_ENCODEC = "facebook/encodec_32khz"
-# The released model was trained on 5 s crops: its position embeddings beyond 5 s are untrained.
-DEFAULT_WINDOW_SECONDS = 5.0
-DEFAULT_OVERLAP_SECONDS = 2.0
-DEFAULT_FADE_SECONDS = 0.05
-# A time range is regenerated from this long before it (the model settles into the edit, as a
-# window does over its overlap) to a little after it (so decoding has no edge inside the fade).
-RANGE_CONTEXT_SECONDS = 2.0
-RANGE_TAIL_SECONDS = 0.5
+Progress = Callable[[int, int], None]
 
 
 class Editor:
@@ -54,30 +43,31 @@ class Editor:
         self.stems = tuple(stems or instructions.default_stems(dialect))
 
     @classmethod
-    def from_pretrained(cls, base: str = DEFAULT_BASE, adapter: str = DEFAULT_ADAPTER, t5: str = DEFAULT_T5,
-                        encodec: str = DEFAULT_ENCODEC, device: str = "auto", dtype: str = "auto",
-                        offline: bool | None = None, merge_lora: bool = True,
+    def from_pretrained(cls, base: str = defaults.BASE, adapter: str | None = defaults.ADAPTER,
+                        t5: str = defaults.T5, encodec: str = defaults.ENCODEC, *, device="auto", dtype="auto",
+                        int8: bool = False, offline: bool | None = None, merge_lora: bool = True,
+                        new_adapter: NewAdapter | None = None, convert_into=None,
                         progress: Callable[[str, int, int], None] | None = None) -> "Editor":
         """Load from local paths or Hugging Face ids. `adapter` is our safetensors file, the official
-        `finetuned.ckpt` (converted once and cached), or a repo holding either. `merge_lora` folds
-        LoRA into the projections for faster inference (keep it apart to train further).
-        `progress(stage, done, total)`: stage "converting" (bytes of the adapter written, first use
-        of an official checkpoint only), then "loading" (parts loaded of 3: LM, T5, EnCodec)."""
-        return load_editor(base, adapter, t5, encodec, device=device, dtype=dtype, offline=offline,
-                           merge_lora=merge_lora, progress=progress)
-
-    def to(self, device: str = "auto", dtype: str = "auto") -> "Editor":
-        dev = pick_device(device)
-        if dtype == "int8" and not any(isinstance(m, Int8Linear) for m in self.model.modules()):
-            raise ValueError("int8 weights are chosen when loading: Editor.from_pretrained(..., dtype='int8')")
-        self.model.to(device=dev, dtype=pick_dtype(dtype, dev))
-        self.text_encoder.to(dev)
-        self.codec.model.to(dev)
-        return self
+        `finetuned.ckpt` (converted once and cached in the first writable of `convert_into`,
+        default the user cache), or a repo holding either; None with `new_adapter` for fresh
+        adapter weights to train. `dtype`: auto, fp32, fp16, bf16 or int8 (or, with `int8`, the
+        activations' dtype). `merge_lora` folds LoRA into the projections for faster inference
+        (keep it apart to train). `progress(stage, done, total)`: stage "converting" (bytes of
+        the adapter written, first use of an official checkpoint only), then "loading" (parts
+        loaded of 3: LM, T5, EnCodec)."""
+        parts = load_parts(base, adapter, t5, encodec, device=device, dtype=dtype, int8=int8, offline=offline,
+                           merge_lora=merge_lora, new_adapter=new_adapter, convert_into=convert_into,
+                           progress=progress)
+        return cls(parts.model, parts.text_encoder, parts.codec, parts.dialect, parts.stems)
 
     @property
     def sample_rate(self) -> int:
         return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
 
     @property
     def max_frames(self) -> int:
@@ -89,44 +79,38 @@ class Editor:
             return instructions.free_text(text)
         if operation is None or stem is None:
             raise instructions.InstructionError("give an operation and a stem, or a free-text instruction")
-        return instructions.render(operation, stem, self.dialect, self.stems)
+        return instructions.phrase(operation, stem, self.dialect, self.stems)
 
-    def encode_source(self, wav, sample_rate: int) -> tuple[torch.Tensor, SourceInfo]:
-        """Waveform [T], [C, T] or [B, C, T] at any rate, of any length -> codes [B, K, frames]
-        and what the input was (rate, channels, length) for `decode_to`."""
-        audio, source = to_model_audio(wav, sample_rate, self.sample_rate)
-        return self.codec.encode(audio), source
+    def encode(self, wav, sample_rate: int) -> Take:
+        """Waveform [T], [C, T] or [B, C, T] at any rate, of any length -> a take of its codes."""
+        original = as_batch(wav)
+        audio, source = to_model_audio(original, sample_rate, self.sample_rate)
+        codes = self.codec.encode(audio)
+        return Take(codes, source, original, codes, self.frame_rate)
 
-    def encode(self, wav, sample_rate: int) -> torch.Tensor:
-        return self.encode_source(wav, sample_rate)[0]
-
-    def text_condition(self, texts: list[str], guidance: float | None) -> torch.Tensor:
+    def text_condition(self, texts: list[str]) -> torch.Tensor:
+        """The instructions' cross-attention source [B, L, dim] (T5, then the LM's projection)."""
         hidden, mask = self.text_encoder(texts)
-        cond = self.model.text_condition(hidden.to(self.model.device), mask.to(self.model.device))
-        if guidance is None:
-            return cond
-        return torch.cat([cond, torch.zeros_like(cond)], dim=0)  # null text: all zeros, same length
+        return self.model.text_condition(hidden.to(self.model.device), mask.to(self.model.device))
 
-    def window_frames(self, window_seconds: float, overlap_seconds: float) -> tuple[int, int]:
-        rate = self.codec.frame_rate
-        window = round(window_seconds * rate)
-        overlap = round(overlap_seconds * rate)
-        if not 2 <= window <= self.max_frames:
-            raise ValueError(f"window must be from {2 / rate:.2f} to {self.max_frames / rate:.0f} s, got {window_seconds}")
-        if not 0 < overlap < window:
-            raise ValueError(f"overlap must be more than 0 and less than the window ({window_seconds} s), "
-                             f"got {overlap_seconds}")
-        return window, overlap
-
-    def edit(self, codes: torch.Tensor, instruction: str | list[str], *, seed: int = 0,
-             guidance: float | None = 3.0, top_k: int = 100, temperature: float = 1.0, top_p: float = 0.0,
-             window_seconds: float = DEFAULT_WINDOW_SECONDS, overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
+    def edit(self, take: Take, instruction: str | list[str], sampling: Sampling = Sampling(), *,
              start: float | None = None, end: float | None = None, fade: float = DEFAULT_FADE_SECONDS,
-             progress: Callable[[int, int], None] | None = None, on_window=None) -> torch.Tensor:
-        """Edited codes [B, K, frames], any length, window by window (see windows.py); one
-        instruction for all items or one per item. With `start` and/or `end` (seconds), only the
-        frames of that range (with its fades and some context, see `span`) are regenerated; the
-        others are returned as given."""
+             operation: str | None = None, progress: Progress | None = None, on_window=None) -> Take:
+        """The take after one more edit by `instruction` (one for all items or one per item). With
+        `start` and/or `end` (seconds) only that range (with its fades and some context, see
+        `Take.span`) is regenerated; the other frames are kept. `operation` names what a
+        free-text instruction does, for preserve rendering; a templated one says it itself."""
+        first, last = take.span(start, end, fade)
+        codes = take.codes.clone()
+        codes[..., first:last] = self.edit_codes(take.codes[..., first:last], instruction, sampling,
+                                                 progress=progress, on_window=on_window)
+        return take.after(codes, _operation(instruction, operation), start, end, fade)
+
+    def edit_codes(self, codes: torch.Tensor, instruction: str | list[str], sampling: Sampling = Sampling(), *,
+                   progress: Progress | None = None, on_window=None) -> torch.Tensor:
+        """Edited codes [B, K, frames] (on the CPU) for codes of any length, window by window
+        (windows.py). `progress(done, total)` after each step; `on_window(window, codes)` after
+        each window."""
         if codes.dim() != 3 or codes.shape[-1] == 0:
             raise ValueError(f"codes must be [batch, codebooks, frames] with frames > 0, got {list(codes.shape)}")
         b = codes.shape[0]
@@ -134,118 +118,53 @@ class Editor:
         if len(texts) != b:
             raise ValueError(f"{len(texts)} instructions for a batch of {b}")
         texts = [instructions.free_text(t) for t in texts]
-        window, overlap = self.window_frames(window_seconds, overlap_seconds)
-        first, last = self.span(codes.shape[-1], start, end, fade)
-        generator = torch.Generator(device=self.model.device).manual_seed(int(seed))
-        edited = edit_windowed(self.model, codes[..., first:last].to(self.model.device),
-                               self.text_condition(texts, guidance), window=window, overlap=overlap,
-                               progress=progress, on_window=on_window, cfg_coef=guidance, temperature=temperature,
-                               top_k=top_k, top_p=top_p, generator=generator)
-        if (first, last) == (0, codes.shape[-1]):
-            return edited.cpu()
-        out = codes.clone().cpu()
-        out[..., first:last] = edited.cpu()
-        return out
-
-    def span(self, frames: int, start: float | None, end: float | None, fade: float) -> tuple[int, int]:
-        """The frames [first, last) regenerated for the range [start, end] seconds of a song of
-        `frames` frames: the range, its fades, context before and a short tail after."""
-        if start is None and end is None:
-            return 0, frames
-        seconds = frames / self.codec.frame_rate
-        start, end = check_range(start, end, fade, seconds)
-        first = math.floor((start - fade - RANGE_CONTEXT_SECONDS) * self.codec.frame_rate)
-        last = math.ceil((end + fade + RANGE_TAIL_SECONDS) * self.codec.frame_rate)
-        return max(0, first), min(frames, last)
+        window, overlap = sampling.window_frames(self.frame_rate, self.max_frames)
+        generator = torch.Generator(device=self.model.device).manual_seed(int(sampling.seed))
+        return edit_windowed(self.model, codes.to(self.model.device), self.text_condition(texts), sampling,
+                             window=window, overlap=overlap, generator=generator, progress=progress,
+                             on_window=on_window).cpu()
 
     def decode(self, codes: torch.Tensor, samples: int | None = None) -> torch.Tensor:
-        """Codes -> mono waveform [B, 1, T] at `sample_rate` (32 kHz), cut to `samples` when given."""
+        """Codes -> the model's mono waveform [B, 1, T] at `sample_rate`, cut to `samples` when given."""
         wav = self.codec.decode(codes)
         return wav[..., :samples] if samples is not None else wav
 
-    def decode_to(self, codes: torch.Tensor, source: SourceInfo | None, rate="model",
-                  channels="input") -> tuple[torch.Tensor, int]:
-        """Codes -> (waveform [B, C, T], its rate), with the input's duration. `rate`: "model"
-        (32 kHz), "input" or Hz; `channels`: "input" (the mono result on every input channel) or "mono"."""
-        return from_model_audio(self.decode(codes), self.sample_rate, source, rate, channels)
+    def render(self, take: Take, mode: str = "auto", *, rate=None, channels=None) -> tuple[torch.Tensor, int]:
+        """A take -> (audio [B, C, T] of the input's duration, its rate). `mode`: "model" (the
+        model's output as it is), "preserve" (the edit applied to the original at its rate and
+        channels, see render.py) or "auto" (preserve when every operation is add, remove or
+        extract). Edits of time ranges are mixed into the original there only. Otherwise (the
+        model's output over the whole song) `rate` ("model", default, "input" or Hz) and
+        `channels` ("input", default: the mono result on every input channel, or "mono") apply."""
+        mode = take.render_mode(mode)
+        if not take.in_input_form(mode):
+            return from_model_audio(self.decode(take.codes), self.sample_rate, take.source, rate or "model",
+                                    channels or "input")
+        check_output_form(True, rate, channels, take.source.sample_rate)
+        edited = self.decode(take.codes)[:, 0]
+        recon = self.decode(take.original_codes)[:, 0] if mode == "preserve" else None
+        audio = rendering.in_input_form(take.original, take.source.sample_rate, edited, self.sample_rate,
+                                        recon=recon, operations=take.operations, ranges=take.ranges or ())
+        return audio, take.source.sample_rate
 
-    def render(self, edited: torch.Tensor, original, sample_rate: int, *, original_codes: torch.Tensor | None = None,
-               operations=(), mode: str = "auto", ranges=(), fade: float = DEFAULT_FADE_SECONDS,
-               rate=None, channels=None) -> tuple[torch.Tensor, int]:
-        """Edited codes -> (audio [B, C, T], its rate), rendered (see render.py) against the
-        `original` waveform the codes came from ([T], [C, T] or [B, C, T] at `sample_rate`).
-
-        `mode`: "model" (the model's output as it is), "preserve" (the edit applied to the
-        original at its rate and channels; needs `original_codes` and `operations`, the list of
-        add / remove / extract applied) or "auto" (preserve when every operation is known).
-        `ranges`: the (start, end) seconds that were edited; outside them and their `fade` the
-        result is the original. `rate` and `channels` ("model"/"input"/Hz, "input"/"mono") apply
-        to "model" without ranges; otherwise the result has the original's rate and channels."""
-        mode = resolve_render(mode, operations)
-        original = as_batch(original)
-        source = SourceInfo(int(sample_rate), original.shape[1], original.shape[-1])
-        if mode == "model" and not ranges:
-            return self.decode_to(edited, source, rate or "model", channels or "input")
-        check_output_form(mode, ranges, rate, channels, source.sample_rate)
-        if mode == "preserve" and original_codes is None:
-            raise ValueError("preserve rendering needs the codes of the original (original_codes)")
-        weight = rendering.fade_curve(source.samples, source.sample_rate, ranges, fade)
-        edited_audio = self.decode(edited)[:, 0]
-        recon = self.decode(original_codes)[:, 0] if mode == "preserve" else None
-        out = []
-        for b in range(original.shape[0]):
-            if mode == "preserve":
-                done = rendering.preserve(original[b], source.sample_rate, recon[b], edited_audio[b],
-                                          self.sample_rate, operations)
-            else:
-                done = rendering.model_output(edited_audio[b], self.sample_rate, source.sample_rate,
-                                              source.channels, source.samples)
-            out.append(rendering.crossfade(original[b], done.to(original.dtype), weight))
-        return torch.stack(out), source.sample_rate
-
-    def edit_audio(self, wav, sample_rate: int, instruction: str, *, render: str = "auto",
-                   operation: str | None = None, start: float | None = None, end: float | None = None,
-                   fade: float = DEFAULT_FADE_SECONDS, rate=None, channels=None, **kwargs) -> tuple[torch.Tensor, int]:
-        """One call: waveform at any rate and length -> (edited waveform [B, C, T], its rate).
-        `operation` is read from a templated instruction when not given; see `edit` for the
-        range and the generation options and `render` for the rest."""
-        codes, source = self.encode_source(wav, sample_rate)
-        edited = self.edit(codes, instruction, start=start, end=end, fade=fade, **kwargs)
-        ops = [operation or instructions.operation_of(instruction)]
-        ranges = [] if start is None and end is None else [check_range(start, end, fade, source.samples / sample_rate)]
-        return self.render(edited, wav, sample_rate, original_codes=codes, operations=ops, mode=render,
-                           ranges=ranges, fade=fade, rate=rate, channels=channels)
+    def edit_audio(self, wav, sample_rate: int, instruction: str, sampling: Sampling = Sampling(), *,
+                   render: str = "auto", operation: str | None = None, start: float | None = None,
+                   end: float | None = None, fade: float = DEFAULT_FADE_SECONDS, rate=None, channels=None,
+                   progress: Progress | None = None) -> tuple[torch.Tensor, int]:
+        """One call: waveform at any rate and length -> (edited waveform [B, C, T], its rate); see
+        `edit` and `render`. The render settings are checked before anything is generated."""
+        take = self.encode(wav, sample_rate)
+        planned = take.after(take.codes, _operation(instruction, operation), start, end, fade)
+        check_output_form(planned.in_input_form(render), rate, channels, sample_rate)
+        take = self.edit(take, instruction, sampling, start=start, end=end, fade=fade, operation=operation,
+                         progress=progress)
+        return self.render(take, render, rate=rate, channels=channels)
 
 
-def resolve_render(mode: str, operations) -> str:
-    """"auto" -> "preserve" when every operation applied is add, remove or extract, else "model"."""
-    if mode not in rendering.RENDER_MODES:
-        raise ValueError(f"unknown render mode {mode!r}; valid: {', '.join(rendering.RENDER_MODES)}")
-    ops = list(operations)
-    known = bool(ops) and all(op in instructions.OPERATIONS for op in ops)
-    if mode == "preserve" and not known:
-        raise ValueError("preserve rendering needs to know the operation (add, remove or extract); a free-text "
-                         "instruction is rendered with --render model (or pass the operation)")
-    if mode != "auto":
-        return mode
-    return "preserve" if known else "model"
-
-
-def check_output_form(mode: str, ranges, rate, channels, input_rate: int | None = None):
-    """Refuse an output rate or channel choice that preserve rendering or a range cannot honour."""
-    if (mode == "preserve" or ranges) and (rate not in (None, "input", input_rate) or channels not in (None, "input")):
-        raise AudioError("with --render preserve or a time range the result has the input's rate and channels; "
-                         "--rate and --channels apply to --render model over the whole song")
-
-
-def check_range(start: float | None, end: float | None, fade: float, seconds: float) -> tuple[float, float]:
-    """(start, end) within a song of `seconds`, start defaulting to 0 and end to the song's end."""
-    start = 0.0 if start is None else float(start)
-    end = seconds if end is None else float(end)
-    if not (math.isfinite(start) and math.isfinite(end) and math.isfinite(fade)) or fade < 0:
-        raise ValueError(f"start, end and fade must be finite seconds (fade at least 0), got {start}, {end}, {fade}")
-    if not 0 <= start < end <= seconds + 1e-6:
-        raise ValueError(f"the time range must satisfy 0 <= start < end <= {seconds:.2f} s (the song's length), "
-                         f"got start {start:g} s, end {end:g} s")
-    return start, min(end, seconds)
-
+def _operation(instruction: str | list[str], given: str | None) -> str | None:
+    """The operation an edit applies: the one given, else the one its templated instruction(s)
+    ask for (None for free text, or for items asking for different operations)."""
+    if given is not None:
+        return given
+    ops = {instructions.operation_of(t) for t in ([instruction] if isinstance(instruction, str) else instruction)}
+    return ops.pop() if len(ops) == 1 else None

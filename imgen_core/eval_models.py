@@ -12,6 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .errors import about, setting_of
+
+METRIC_MODELS = ("clap", "fad", "kl")
 CLAP_RATE = 48000
 CLAP_REPO, CLAP_FILE = "lukewys/laion_clap", "music_audioset_epoch_15_esc_90.14.pt"
 
@@ -37,8 +40,9 @@ class Clap:
             try:
                 checkpoint = hf_hub_download(CLAP_REPO, CLAP_FILE, local_files_only=offline)
             except Exception as e:  # noqa: BLE001
-                raise Unavailable(f"the CLAP checkpoint {CLAP_REPO}/{CLAP_FILE} is not here and could not be "
-                                  f"downloaded ({_why(e)}); pass --clap-checkpoint FILE") from None
+                raise about(Unavailable(f"the CLAP checkpoint {CLAP_REPO}/{CLAP_FILE} is not here and could not be "
+                                        f"downloaded ({_why(e)}); a local copy can be given instead"),
+                            "clap_checkpoint") from None
         try:
             self.model = laion_clap.CLAP_Module(enable_fusion=False, amodel="HTSAT-base", device=device)
             self.model.load_ckpt(str(checkpoint))
@@ -101,14 +105,16 @@ class Panns:
 
 
 def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bool = False,
-         report=print) -> dict:
-    """The models for the metrics `names` ("clap", "fad", "kl") that can be had: {name: model};
-    one line through `report` for each that cannot."""
+         report=print, hints: dict[str, str] | None = None) -> dict:
+    """The models for the metrics `names` (among METRIC_MODELS) that can be had: {name: model};
+    one line through `report` for each that cannot, with the caller's hint for the setting at
+    fault (`hints`: setting -> text) where there is one."""
     loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns}
     models = {}
     for name in names:
         try:
             models[name] = loaders[name]()
         except Unavailable as e:
-            report(f"{name.upper()} skipped: {e}")
+            hint = (hints or {}).get(setting_of(e))
+            report(f"{name.upper()} skipped: {e}" + (f" ({hint})" if hint else ""))
     return models

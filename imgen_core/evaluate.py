@@ -11,10 +11,11 @@ the audio of every clip (input, target, edited).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,27 +24,49 @@ import numpy as np
 from . import metrics, ranks
 from .audio import resample, write_audio
 from .data import SAMPLE_RATE, draw_eval_triplet, eval_triplets, read_songs
+from .errors import about
 from .eval_models import CLAP_RATE
 from .files import replacing
+from .instructions import OPERATIONS
+from .sampling import Sampling
+from .take import render_mode
 
 SEPARATION = ("remove", "extract")  # the operations with one right answer, where SI-SDR means something
+RESULT_FILES = ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio")
 COLUMNS = ("clip", "operation", "target", "song", "start", "instruction", "input_stems", "output_stems",
            "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
 MEANS = ("clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalSettings:
+    """One evaluation run. `sampling` is how every clip is edited; its seed is the run's: it draws
+    the triplets and, with each clip's name, that clip's own seed (`clip_seed`). Checked when made."""
+
     data: str
     layout: str
     out: str
-    operations: tuple[str, ...] = ("add", "remove", "extract")
+    operations: tuple[str, ...] = OPERATIONS
     classes: tuple[str, ...] | None = None  # default: the adapter's stems
-    seconds: float = 5.0
-    seed: int = 0
+    seconds: float = 5.0  # the paper's clip length
     limit: int | None = None  # songs per operation (the first ones), for a quick look
     render: str = "model"  # the paper scored the model's own output
-    generation: dict = field(default_factory=dict)  # guidance, top_k, ... as Editor.edit takes them
+    sampling: Sampling = Sampling()
+    threads: int = ranks.REPRODUCIBLE_THREADS  # per process: results do not depend on how the run is split
+
+    def __post_init__(self):
+        ops = tuple(self.operations)
+        if not ops or any(op not in OPERATIONS for op in ops):
+            raise about(ValueError(f"the operations must be among {', '.join(OPERATIONS)}, got {ops!r}"),
+                        "operations")
+        if not 0 < self.seconds <= 30:
+            raise about(ValueError(f"the clip length must be more than 0 and at most 30 s, got {self.seconds}"),
+                        "seconds")
+        if self.limit is not None and self.limit < 1:
+            raise about(ValueError(f"the limit of songs per operation must be at least 1, got {self.limit}"), "limit")
+        render_mode(self.render, ["add"])
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise about(ValueError(f"threads must be an integer of at least 1, got {self.threads!r}"), "threads")
 
 
 def clip_seed(seed: int, clip: str) -> int:
@@ -63,9 +86,10 @@ def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, ob
 def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, models: dict,
                audio_dir: Path | None) -> tuple[dict, dict]:
     """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured)."""
-    t = draw_eval_triplet(song, operation, classes, settings.seconds, settings.seed, editor.dialect)
-    edited, rate = editor.edit_audio(t.input, SAMPLE_RATE, t.text, render=settings.render,
-                                     seed=clip_seed(settings.seed, clip), **settings.generation)
+    seed = settings.sampling.seed
+    t = draw_eval_triplet(song, operation, classes, settings.seconds, seed, editor.dialect)
+    sampling = dataclasses.replace(settings.sampling, seed=clip_seed(seed, clip))
+    edited, rate = editor.edit_audio(t.input, SAMPLE_RATE, t.text, sampling, render=settings.render)
     edited = edited[0].mean(0)  # mono, as every metric takes it
     if audio_dir is not None:
         folder = audio_dir / clip
@@ -145,22 +169,24 @@ def write_results(out: Path, rows: list[dict], summary: list[dict]):
 
 def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool = True, songs=None,
              progress: Callable[[int, int], None] | None = None) -> list[dict] | None:
-    """Run the evaluation; this process scores its share of the clips. On rank 0: every clip's
-    row gathered, the results written, and the summary returned; elsewhere None. `songs`: the
-    dataset as `data.read_songs` returns it, when already read."""
+    """Run the evaluation; this process scores its share of the clips, with `settings.threads` CPU
+    threads. On rank 0: every clip's row gathered, the results written, and the summary
+    returned; elsewhere None. `songs`: the dataset as `data.read_songs` returns it, when already
+    read."""
     classes = [c.lower() for c in (settings.classes or editor.stems)]
     clips = clip_list(settings, classes, songs)
     mine = ranks.share(list(enumerate(clips)))
     out = Path(settings.out)
     rows, frames = [], {}
-    for done, (index, (clip, song, op)) in enumerate(mine, start=1):
-        row, clip_frames = score_clip(editor, settings, classes, clip, song, op, models,
-                                      out / "audio" if keep_audio else None)
-        rows.append((index, row))
-        if clip_frames:
-            frames[clip] = clip_frames
-        if progress is not None:
-            progress(done, len(mine))
+    with ranks.fixed_threads(settings.threads):
+        for done, (index, (clip, song, op)) in enumerate(mine, start=1):
+            row, clip_frames = score_clip(editor, settings, classes, clip, song, op, models,
+                                          out / "audio" if keep_audio else None)
+            rows.append((index, row))
+            if clip_frames:
+                frames[clip] = clip_frames
+            if progress is not None:
+                progress(done, len(mine))
     everything = ranks.gather((rows, frames))
     if ranks.world()[0] != 0:
         return None

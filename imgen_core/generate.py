@@ -16,11 +16,10 @@ import torch
 
 from . import pattern
 from .model import InstructMusicGen
-from .sampling import check_sampling, sample
+from .sampling import Sampler, Sampling
 
 UNKNOWN = -1
 
-Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [B, K, card] -> token ids [B, K]
 Step = Callable[[int], None]  # decides column `offset` of the sequence from the columns before it
 
 
@@ -48,19 +47,21 @@ class Decoding:
 
 
 def prepare(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
-            cfg_coef: float | None, prompt: torch.Tensor | None) -> Decoding:
-    """Check the inputs and compute what does not change during the window."""
+            guidance: float | None, prompt: torch.Tensor | None) -> Decoding:
+    """Check the inputs and compute what does not change during the window. Under guidance the
+    null condition is added here: all zeros, as long as the instruction's (T5 of "" masked out)."""
     cfg = model.lm_cfg
     model.check_codes(cond_codes, "condition codes")
     b, k, frames = cond_codes.shape
     if frames < 1:
         raise ValueError("the condition has no frames")
-    rows = 2 * b if cfg_coef is not None else b
-    if text_cond.shape[0] != rows:
-        raise ValueError(f"text condition has {text_cond.shape[0]} rows; expected {rows} "
-                         f"({'conditional + null rows for guidance' if cfg_coef is not None else 'one per item'})")
+    if text_cond.dim() != 3 or text_cond.shape[0] != b:
+        raise ValueError(f"the text condition must be [{b}, length, width] (one row per item), "
+                         f"got {list(text_cond.shape)}")
     device = model.device
     cond_codes, text_cond = cond_codes.to(device), text_cond.to(device=device, dtype=model.dtype)
+    if guidance is not None:
+        text_cond = torch.cat([text_cond, torch.zeros_like(text_cond)], dim=0)
 
     gen_codes = torch.full((b, k, frames), UNKNOWN, dtype=torch.long, device=device)
     prompt_frames = 0
@@ -74,7 +75,7 @@ def prepare(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.
     adapters = {} if prefixes is None else model.fusion.adapters(prefixes, last_row=frames - 1)
     return Decoding(seq=pattern.build_sequence(gen_codes, cfg.delays, cfg.special_token),
                     valid=pattern.valid_mask(frames, cfg.delays, device), special=cfg.special_token,
-                    cross_kv=model.lm.cross_keys_values(text_cond), adapters=adapters, guidance=cfg_coef,
+                    cross_kv=model.lm.cross_keys_values(text_cond), adapters=adapters, guidance=guidance,
                     start=prompt_frames + 1)  # step `start` holds frame `prompt_frames` of codebook 0
 
 
@@ -164,21 +165,20 @@ def loop(step: Step, d: Decoding, progress: Callable[[int, int], None] | None):
 
 
 @torch.no_grad()
-def generate(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor, *,
-             cfg_coef: float | None = 3.0, temperature: float = 1.0, top_k: int = 100, top_p: float = 0.0,
-             generator: torch.Generator | None = None, prompt: torch.Tensor | None = None,
-             progress: Callable[[int, int], None] | None = None, cuda_graph: str | bool = "auto") -> torch.Tensor:
+def generate(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
+             sampling: Sampling = Sampling(), *, generator: torch.Generator | None = None,
+             prompt: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
+             cuda_graph: str | bool = "auto") -> torch.Tensor:
     """Edited codes [B, K, T] for condition codes [B, K, T].
 
-    `text_cond` is the cross-attention source: [2B, L, dim] with the B conditional rows first and
-    the B null rows after (classifier-free guidance), or [B, L, dim] with `cfg_coef=None`.
-    `prompt` [B, K, Tp] fixes the first Tp frames (teacher-forced). `progress(done, total)` is
-    called after every step; an exception raised there stops generation. `cuda_graph`: "auto"
-    (on CUDA devices), "on" or "off".
+    `text_cond` [B, L, dim] is the instruction's cross-attention source (`Editor.text_condition`);
+    `sampling` says how tokens are chosen (guidance, top-k, top-p, temperature; its window and
+    seed are the caller's business), drawing from `generator`. `prompt` [B, K, Tp] fixes the first
+    Tp frames (teacher-forced). `progress(done, total)` is called after every step; an exception
+    raised there stops generation. `cuda_graph`: "auto" (on CUDA devices), "on" or "off".
     """
-    check_sampling(temperature, top_k, top_p, cfg_coef)
-    d = prepare(model, cond_codes, text_cond, cfg_coef, prompt)
-    sampler = functools.partial(sample, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    d = prepare(model, cond_codes, text_cond, sampling.guidance, prompt)
+    sampler = sampling.sampler(generator)
     lm = model.lm
     lm.setup_cache(d.rows, d.steps)
     step = None

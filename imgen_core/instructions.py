@@ -37,7 +37,7 @@ def _dialect(dialect: str) -> dict:
     return DIALECTS[dialect]
 
 
-def render(operation: str, stem: str, dialect: str = "slakh", stems=None) -> str:
+def phrase(operation: str, stem: str, dialect: str = "slakh", stems=None) -> str:
     """The instruction text for `operation` on `stem`, e.g. ('remove', 'bass') -> 'Music piece.
     Instruct: No Bass.'. `stems` is the checkpoint's vocabulary (defaults to the dialect's)."""
     d = _dialect(dialect)

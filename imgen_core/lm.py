@@ -2,7 +2,7 @@
 
 Parameter names follow audiocraft's `LMModel` so that its `best_state` loads unchanged; the one
 exception is the cross-attention, which keeps separate q/k/v projections (the text fusion module
-puts LoRA on q and v). A load pre-hook splits audiocraft's fused `in_proj_weight` into them.
+puts LoRA on q and v): the loader splits audiocraft's fused `in_proj_weight` into them.
 """
 from __future__ import annotations
 

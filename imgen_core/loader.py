@@ -1,5 +1,6 @@
-"""How weight files become a ready model: the one place that decides it, used by the API, the
-command line, the trainer and the ComfyUI nodes.
+"""How weight files become a ready model and its text encoder and codec: the one place that
+decides it. `Editor.from_pretrained` composes what `load_parts` returns; the command line, the
+trainer and the ComfyUI nodes all go through it.
 
 The model is built on the meta device (no memory), every size checked against the files, and
 each weight is then materialised once, in the dtype and on the device it will run in, while its
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,37 +22,45 @@ import torch
 from .adapter_file import AdapterFile
 from .audiocraft_lm import read_audiocraft_lm
 from .checkpoints import CheckpointError, brief, check_tensors
+from .codec import Codec
 from .config import FusionConfig, LMConfig
+from .defaults import pick_device, pick_dtype
 from .fusion import merged_lora_weight
 from .hub import resolve_file
+from .instructions import default_stems
 from .model import InstructMusicGen
 from .official_checkpoint import convert_official, is_official_checkpoint
-from .quant import int8_activation_dtype, pack_for_cpu, quantize_weight, swap_to_int8
+from .quant import pack_for_cpu, quantize_weight, swap_to_int8
+from .text import TextEncoder
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# What a user may ask for: a float dtype, or int8 weights with activations in the dtype
-# quant.int8_activation_dtype picks (fp16 on CUDA, fp32 for fbgemm on the CPU).
-WEIGHT_DTYPES = ("auto", *DTYPES, "int8")
 Progress = Callable[[str, int, int], None]
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+@dataclass(frozen=True)
+class NewAdapter:
+    """Fresh fusion and LoRA weights to train, instead of an adapter file: adapters on the last
+    `fusion_layers` LM layers (None: all), drawn from `seed`, for instructions in `dialect` on
+    `stems` (None: the dialect's)."""
+
+    fusion_layers: int | None = None
+    dialect: str = "slakh"
+    stems: tuple[str, ...] | None = None
+    seed: int = 0
+
+    def fusion_config(self, lm_cfg: LMConfig) -> FusionConfig:
+        return FusionConfig(num_layers=self.fusion_layers or lm_cfg.num_layers)
 
 
-def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """The activation dtype for a dtype name on `device` (for "int8": that of the activations)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype == "int8":
-        return int8_activation_dtype(device)
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(WEIGHT_DTYPES)}")
-    return DTYPES[dtype]
+@dataclass(frozen=True)
+class Parts:
+    """What an Editor is made of: the fused model, the text encoder, the codec, and the
+    instruction vocabulary the adapter was trained with."""
+
+    model: InstructMusicGen
+    text_encoder: TextEncoder
+    codec: Codec
+    dialect: str
+    stems: tuple[str, ...]
 
 
 def cache_dir() -> Path:
@@ -98,13 +108,13 @@ def resolve_adapter(spec, offline: bool | None = None, convert_into: Iterable | 
 
 
 def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, device="cpu",
-               merge_lora: bool = False, new_adapter: Callable[[LMConfig], FusionConfig] | None = None,
+               merge_lora: bool = False, new_adapter: NewAdapter | None = None,
                int8: bool = False) -> tuple[InstructMusicGen, dict]:
     """Weight files -> (model in eval mode without gradients, the adapter's metadata).
 
     `base`: an audiocraft `state_dict.bin`. `adapter`: our adapter file (see `resolve_adapter`
-    for the official checkpoint), or None for plain MusicGen, or None with `new_adapter` (the LM
-    config -> the fusion config) for fresh fusion and LoRA weights to train. `merge_lora` folds
+    for the official checkpoint), or None for plain MusicGen, or None with `new_adapter` for
+    fresh fusion and LoRA weights to train. `merge_lora` folds
     LoRA into the projections, in fp32, before the weights take their dtype (inference).
     `int8` (or dtype "int8"): the linear layers' weights quantised as they load (quant.py; LoRA
     merged first), activations in `dtype`."""
@@ -114,7 +124,7 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     lm_cfg, base_state = read_audiocraft_lm(base, dtype)
     source = f"base checkpoint {base}"
     opened = AdapterFile(adapter) if adapter is not None else None
-    fusion_cfg = opened.fusion if opened is not None else new_adapter(lm_cfg) if new_adapter else None
+    fusion_cfg = opened.fusion if opened is not None else new_adapter.fusion_config(lm_cfg) if new_adapter else None
     if opened is not None and (opened.lm_layers, opened.lm_dim) != (lm_cfg.num_layers, lm_cfg.dim):
         raise CheckpointError(
             f"adapter {adapter} was made for an LM of {opened.lm_layers} layers x {opened.lm_dim} dims, but "
@@ -130,7 +140,7 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     given = _split_cross_in_proj(base_state, model)
     from_adapter = {_unwrapped(k) for k in opened.names} if opened is not None else set()
     for key in [k for k in given if _unwrapped(k) in from_adapter]:
-        del given[key]  # the adapter's q/k/v bases replace the base's (see DESIGN: fused-model quirk)
+        del given[key]  # the adapter's q/k/v bases replace the base's: the official model runs with them
     check_tensors(given, {k: s for k, s in shapes.items() if _unwrapped(k) not in from_adapter}, source)
     state = _materialise(given, dtype, device, quantized)
     if opened is not None:
@@ -141,7 +151,7 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
         raise CheckpointError(f"{source}: missing keys: {brief(missing, 200)}; unexpected keys: "
                               f"{brief(unexpected, 200)}")
     if fresh:
-        _initialise_new_adapter(model, device, dtype)
+        _initialise_new_adapter(model, device, dtype, new_adapter.seed)
     if int8:
         pack_for_cpu(model)
     return model.eval().requires_grad_(False), (opened.meta if opened is not None else {})
@@ -191,23 +201,25 @@ def _adapter_state(adapter: AdapterFile, merge: bool):
             del parts[m.group(1)]
 
 
-def _initialise_new_adapter(model: InstructMusicGen, device: torch.device, dtype: torch.dtype):
-    """Fusion and LoRA weights that no file provides (a new adapter to train): gates and
-    position embeddings at zero (the trainer draws the latter), the merge projections and LoRA
-    as their modules initialise them (LoRA B at zero, so the model starts as plain MusicGen)."""
+def _initialise_new_adapter(model: InstructMusicGen, device: torch.device, dtype: torch.dtype, seed: int):
+    """Fusion and LoRA weights that no file provides (a new adapter to train), as the official
+    code starts them: position embeddings drawn from N(0, 1), gates at zero (so the model starts
+    as plain MusicGen), the merge projections and LoRA as their modules initialise them (LoRA B
+    at zero), all drawn from `seed` without touching the global random state."""
     fusion = model.fusion.to_empty(device=device)
-    with torch.no_grad():
-        fusion.pos_emb.zero_()
-        fusion.gates.zero_()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
         for linear in fusion.merge_linear:
             linear.reset_parameters()
-    for module in model.lm.modules():
-        if hasattr(module, "reset_lora_parameters"):
-            module.lora_A.to_empty(device=device)
-            module.lora_B.to_empty(device=device)
-            module.reset_lora_parameters("default", True)
-            module.lora_A.to(dtype)
-            module.lora_B.to(dtype)
+        for module in model.lm.modules():
+            if hasattr(module, "reset_lora_parameters"):
+                module.lora_A.to_empty(device=device)
+                module.lora_B.to_empty(device=device)
+                module.reset_lora_parameters("default", True)
+                module.lora_A.to(dtype)
+                module.lora_B.to(dtype)
+        fusion.gates.zero_()
+        fusion.pos_emb.normal_(generator=torch.Generator(device=device).manual_seed(seed))
     fusion.to(dtype)
 
 
@@ -227,18 +239,15 @@ def _split_cross_in_proj(state: dict, model: InstructMusicGen) -> dict:
     return out
 
 
-def load_editor(base, adapter=None, t5="t5-base", encodec="facebook/encodec_32khz", *, device="auto",
-                dtype="auto", offline: bool | None = None, merge_lora: bool = True,
-                new_adapter: Callable[[LMConfig], FusionConfig] | None = None, convert_into: Iterable | None = None,
-                progress: Progress | None = None, int8: bool = False):
-    """(base, adapter, t5, encodec, dtype, device) -> a ready `Editor`. Each is a local path or a
-    Hugging Face id (downloaded once). `dtype`: one of WEIGHT_DTYPES or a torch dtype (with
-    `int8`, the activations' dtype). `progress(stage, done, total)`: "converting" (bytes of
-    the adapter written, first use of an official checkpoint only), then "loading" (parts of 3:
-    LM, T5, EnCodec)."""
-    from .codec import Codec
-    from .editor import Editor
-    from .text import TextEncoder
+def load_parts(base, adapter, t5: str, encodec: str, *,
+               device="auto", dtype="auto", int8: bool = False, offline: bool | None = None,
+               merge_lora: bool = True, new_adapter: NewAdapter | None = None,
+               convert_into: Iterable | None = None, progress: Progress | None = None) -> Parts:
+    """(base, adapter, t5, encodec) -> the parts of an Editor, on `device`. Each is a local path
+    or a Hugging Face id (downloaded once). `dtype`: a `defaults.DTYPE_CHOICES` name or a torch
+    dtype (with `int8`, that of the activations). `progress(stage, done, total)`: "converting"
+    (bytes of the adapter written, first use of an official checkpoint only), then "loading"
+    (parts of 3: LM, T5, EnCodec)."""
     report = progress or (lambda stage, done, total: None)
     device = pick_device(device)
     base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
@@ -254,6 +263,8 @@ def load_editor(base, adapter=None, t5="t5-base", encodec="facebook/encodec_32kh
     codec = Codec.from_pretrained(encodec, offline)
     codec.model.to(device)
     report("loading", 3, 3)
-    stems = json.loads(meta["stems"]) if "stems" in meta else None
-    return Editor(model, text_encoder, codec, dialect=meta.get("dialect", "slakh"), stems=stems)
-
+    if new_adapter is not None and adapter is None:
+        dialect, stems = new_adapter.dialect, new_adapter.stems
+    else:
+        dialect, stems = meta.get("dialect", "slakh"), json.loads(meta["stems"]) if "stems" in meta else None
+    return Parts(model, text_encoder, codec, dialect, tuple(stems or default_stems(dialect)))

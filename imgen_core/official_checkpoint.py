@@ -13,6 +13,7 @@ import torch
 from .adapter_file import adapter_metadata, expected_adapter_shapes, write_safetensors
 from .checkpoints import CheckpointError, brief, check_sizes, check_tensors, refuse_hollow
 from .config import FusionConfig
+from .errors import about
 from .safe_pickle import safe_load
 
 # The globals that the official training code pickles besides tensors and plain containers.
@@ -115,7 +116,7 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
     if Path(src).resolve() == dst.resolve():
         raise CheckpointError("the output path is the input checkpoint; choose another name")
     if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise about(FileExistsError(f"{dst} already exists; it is replaced only when asked (overwrite)"), "overwrite")
     if not dst.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
     stems = list(stems) if stems else default_stems(dialect)

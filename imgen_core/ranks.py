@@ -4,10 +4,15 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is one process 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
+
+# CPU threads per process where results must be the same however a run is split: torchrun's own
+# default, so that one process and several compute alike.
+REPRODUCIBLE_THREADS = 1
 
 
 def world() -> tuple[int, int]:
@@ -48,3 +53,18 @@ def leave():
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def fixed_threads(threads: int):
+    """Compute with `threads` CPU threads inside the block. A matrix product's rounding follows the
+    thread count, and torchrun gives each process one thread: a fixed count makes one process and
+    several give the same results."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer of at least 1, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -150,25 +150,41 @@ def model_output(edited: torch.Tensor, model_rate: int, sample_rate: int, channe
     return out.expand(channels, -1).clone()
 
 
-def fade_curve(length: int, sample_rate: int, ranges, fade: float) -> torch.Tensor:
-    """[length] weights of the rendered audio: 1 inside each (start, end) range, 0 outside it and
-    its fades, raised-cosine ramps of `fade` seconds (or the range's own third value) just
-    outside each end. No ranges: all 1."""
+def fade_curve(length: int, sample_rate: int, ranges) -> torch.Tensor:
+    """[length] weights of the rendered audio: 1 inside each (start, end, fade) range, 0 outside
+    it and its fades, raised-cosine ramps of its `fade` seconds just outside each end. No ranges:
+    all 1."""
     if not ranges:
         return torch.ones(length, dtype=torch.float64)
     t = torch.arange(length, dtype=torch.float64) / sample_rate
     w = torch.zeros(length, dtype=torch.float64)
-    for start, end, *own in ranges:
-        f = own[0] if own else fade
-        if f > 0:
-            rise = ((t - (start - f)) / f).clamp(0, 1)
-            fall = (((end + f) - t) / f).clamp(0, 1)
-            ramp = torch.minimum(rise, fall)
-            one = 0.5 - 0.5 * torch.cos(math.pi * ramp)
+    for start, end, fade in ranges:
+        if fade > 0:
+            rise = ((t - (start - fade)) / fade).clamp(0, 1)
+            fall = (((end + fade) - t) / fade).clamp(0, 1)
+            one = 0.5 - 0.5 * torch.cos(math.pi * torch.minimum(rise, fall))
         else:
             one = ((t >= start) & (t < end)).double()
         w = torch.maximum(w, one)
     return w
+
+
+def in_input_form(original: torch.Tensor, sample_rate: int, edited: torch.Tensor, model_rate: int, *,
+                  recon: torch.Tensor | None = None, operations=(), ranges=()) -> torch.Tensor:
+    """The edit rendered in the original's form, [B, C, T] like `original` at `sample_rate`.
+    `edited` [B, T'] is the model's mono output at `model_rate`. With `recon` (the model's
+    reconstruction of the original, [B, T']) the edit is applied to the original (`preserve`,
+    by `operations`); without, the output itself is used (`model_output`). Either is mixed into
+    the original over `ranges` ((start, end, fade) seconds; none: everywhere)."""
+    weight = fade_curve(original.shape[-1], sample_rate, ranges)
+    out = []
+    for b in range(original.shape[0]):
+        if recon is not None:
+            done = preserve(original[b], sample_rate, recon[b], edited[b], model_rate, operations)
+        else:
+            done = model_output(edited[b], model_rate, sample_rate, original.shape[1], original.shape[-1])
+        out.append(crossfade(original[b], done.to(original.dtype), weight))
+    return torch.stack(out)
 
 
 def crossfade(original: torch.Tensor, rendered: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

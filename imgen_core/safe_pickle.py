@@ -24,13 +24,13 @@ from .checkpoints import CheckpointError, brief
 MAX_PICKLE_BYTES = 8 * 1024 * 1024
 
 _STORAGES = ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool")
-_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+_PICKLED_DTYPE_NAMES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 # What torch.save writes for tensors, parameters and plain containers; nothing here allocates
 # more than the pickle's own bytes describe.
 TENSOR_GLOBALS = frozenset(
     ["collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter",
      "torch.Size", "torch.device", "builtins.set", "_codecs.encode"]
-    + [f"torch.{kind}Storage" for kind in _STORAGES] + [f"torch.{name}" for name in _DTYPES])
+    + [f"torch.{kind}Storage" for kind in _STORAGES] + [f"torch.{name}" for name in _PICKLED_DTYPE_NAMES])
 
 
 class Inert:

@@ -15,7 +15,7 @@ class TextEncoder(nn.Module):
         self.encoder = encoder.eval().requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, name: str = "t5-base", offline: bool | None = None) -> "TextEncoder":
+    def from_pretrained(cls, name: str, offline: bool | None = None) -> "TextEncoder":
         from transformers import AutoTokenizer, T5EncoderModel
         tokenizer = load_pretrained(AutoTokenizer, name, "T5 tokenizer", offline)
         encoder = load_pretrained(T5EncoderModel, name, "T5 encoder", offline)

@@ -1,7 +1,9 @@
 """Tiny random components for the offline demo and the tests: every part of the real pipeline,
-at a size that runs in seconds. Random weights make noise, not music."""
+at a size that runs in seconds, and weight files in the real formats. Random weights make
+noise, not music."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -161,3 +163,34 @@ def save_tiny(folder, seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> dict[str, Pa
     editor.codec.model.save_pretrained(paths["encodec"])
     (folder / "tiny.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
     return paths
+
+
+def write_official_checkpoint(path, adapter_mb: float, extra_mb: float, dim: int = 512, rank: int = 32,
+                              edit=None) -> None:
+    """Random weights in the official Lightning checkpoint's layout, of about `adapter_mb` of
+    adapter tensors (fusion, LoRA, cross-attention q/k/v) and `extra_mb` of frozen LM weights and
+    optimizer state, for the converter's benchmarks and tests. `edit(state_dict)`, when given,
+    changes the weights before they are saved (hostile variants)."""
+    mb = 1 << 20
+    per_layer = 4 * dim * (501 + 4 * dim + 4 * rank)
+    layers = max(2, math.ceil(adapter_mb * mb / per_layer))
+    lm = "model.peft_model.lm.transformer.base_model.model.layers"
+    state = {"model.cp_transformer.pos_emb": torch.randn(layers + 1, 501, dim),
+             "model.cp_transformer.gates": torch.zeros(layers)}
+    for i in range(layers):
+        state[f"model.cp_transformer.merge_linear.{i}.weight"] = torch.randn(dim, dim)
+        p = f"{lm}.{i}.cross_attention."
+        for proj in ("q_proj", "v_proj"):
+            state[p + f"{proj}.base_layer.weight"] = torch.randn(dim, dim)
+            state[p + f"{proj}.lora_A.default.weight"] = torch.randn(rank, dim)
+            state[p + f"{proj}.lora_B.default.weight"] = torch.zeros(dim, rank)
+        state[p + "k_proj.weight"] = torch.randn(dim, dim)
+    frozen = max(1, int(extra_mb * mb / 2 / (dim * dim * 2)))
+    for i in range(frozen):  # frozen LM weights, fp16 as in the released file
+        state[f"{lm}.{i % layers}.self_attn.frozen_{i}.weight"] = torch.randn(dim, dim).half()
+    optimizer = {"state": {i: {"exp_avg": torch.randn(dim, dim // 2)} for i in range(frozen)},
+                 "param_groups": [{"lr": 1e-4}]}
+    if edit is not None:
+        edit(state)
+    torch.save({"state_dict": state, "optimizer_states": [optimizer], "global_step": 1,
+                "hyper_parameters": {"optimizer": functools.partial(torch.optim.AdamW, lr=1e-4)}}, path)

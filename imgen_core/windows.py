@@ -16,6 +16,7 @@ import torch
 from . import pattern
 from .generate import generate
 from .model import InstructMusicGen
+from .sampling import Sampling
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,14 @@ def steps_of(plan: list[Window], delays) -> int:
     return sum(pattern.pattern_length(w.frames, delays) - (w.prompt + 1) for w in plan)
 
 
-def edit_windowed(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor, *,
-                  window: int = 500, overlap: int = 150,
+def edit_windowed(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
+                  sampling: Sampling, *, window: int, overlap: int, generator: torch.Generator | None = None,
                   progress: Callable[[int, int], None] | None = None,
-                  on_window: Callable[[Window, torch.Tensor], None] | None = None, **sampling) -> torch.Tensor:
-    """Edited codes with the shape of `cond_codes` [B, K, T], any T. `sampling` goes to `generate`
-    (cfg_coef, temperature, top_k, top_p, generator); `on_window(window, codes)` sees each
-    window's generated codes."""
+                  on_window: Callable[[Window, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Edited codes with the shape of `cond_codes` [B, K, T], any T, in windows of `window`
+    frames re-reading `overlap` (`Sampling.window_frames` turns its seconds into these). Every
+    window is `generate(..., sampling, generator=generator)`; `on_window(window, codes)` sees
+    each window's generated codes."""
     b, k, frames = cond_codes.shape
     window = min(window, model.fusion.cfg.max_frames)
     plan = plan_windows(frames, window, min(overlap, window - 1))
@@ -66,7 +68,8 @@ def edit_windowed(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: 
             if progress is not None:
                 progress(base + n, total)
         prompt = out[..., w.start:w.start + w.prompt] if w.prompt else None
-        codes = generate(model, cond_codes[..., w.start:w.end], text_cond, prompt=prompt, progress=step, **sampling)
+        codes = generate(model, cond_codes[..., w.start:w.end], text_cond, sampling, generator=generator,
+                         prompt=prompt, progress=step)
         out[..., w.start + w.prompt:w.end] = codes[..., w.prompt:].to(out.device)
         done += pattern.pattern_length(w.frames, model.lm_cfg.delays) - (w.prompt + 1)
         if on_window is not None:

@@ -1,28 +1,19 @@
 """Encode, Instruct Edit and Decode nodes: audio -> codes -> edited codes -> audio."""
 from __future__ import annotations
 
-import torch
-
-from ..imgen_core.audio import SourceInfo
-from ..imgen_core.editor import (DEFAULT_FADE_SECONDS, DEFAULT_OVERLAP_SECONDS, DEFAULT_WINDOW_SECONDS,
-                                 check_range, resolve_render)
-from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS, operation_of
+from ..imgen_core.errors import setting_of
+from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS
 from ..imgen_core.render import RENDER_MODES
+from ..imgen_core.sampling import Sampling
+from ..imgen_core.take import DEFAULT_FADE_SECONDS
 from . import comfy_glue
 from .loader import CATEGORY, MODEL_TYPE
 
+# What travels between Encode, Instruct Edit and Decode: an imgen_core Take (the codes, and what
+# rendering needs of the input they came from and of the edits made).
 CODES_TYPE = "IMGEN_CODES"
 ALL_STEMS = list(dict.fromkeys(list(SLAKH_ALL_STEMS) + [s for d in DIALECTS.values() for s in d["stems"]]))
-
-
-def codes_value(codes: torch.Tensor, sample_rate: int, frame_rate: float, source: SourceInfo, audio: dict) -> dict:
-    """What travels between the nodes: the codes and what decoding needs (the model's rates, the
-    length and form of the original input, the input itself and its codes for preserve
-    rendering, the operations applied and the time ranges edited: None for the whole song)."""
-    codes = codes.detach().cpu()
-    return {"codes": codes, "sample_rate": sample_rate, "frame_rate": frame_rate,
-            "samples": round(source.samples * sample_rate / source.sample_rate), "source": source,
-            "audio": audio, "original_codes": codes, "operations": [], "ranges": []}
+SAMPLING = Sampling()
 
 
 class InstructMusicGenEncode:
@@ -42,9 +33,7 @@ class InstructMusicGenEncode:
         }}
 
     def encode(self, model, audio):
-        editor = model.ready()
-        codes, source = editor.encode_source(audio["waveform"], int(audio["sample_rate"]))
-        return (codes_value(codes, editor.sample_rate, editor.codec.frame_rate, source, audio),)
+        return (model.ready().encode(audio["waveform"], int(audio["sample_rate"])),)
 
 
 class InstructMusicGenEdit:
@@ -65,18 +54,21 @@ class InstructMusicGenEdit:
                                              "out; extract: keep only the stem."}),
             "stem": (ALL_STEMS, {"default": "drums", "tooltip": "The stem to act on. The released checkpoint knows "
                                  "drums, bass, piano and guitar; others are refused with the valid list."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+            "seed": ("INT", {"default": SAMPLING.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                             "control_after_generate": True,
                              "tooltip": "Random seed; the same seed gives the same result."}),
-            "guidance": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 20.0, "step": 0.1,
-                                   "tooltip": "Classifier-free guidance on the instruction (3.0 as trained)."}),
-            "top_k": ("INT", {"default": 100, "min": 0, "max": 2048, "tooltip": "Sample among the k most likely "
-                              "tokens; 0 disables, 1 is greedy."}),
-            "temperature": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+            "guidance": ("FLOAT", {"default": SAMPLING.guidance, "min": 0.0, "max": 20.0, "step": 0.1,
+                                   "tooltip": f"Classifier-free guidance on the instruction ({SAMPLING.guidance} "
+                                              f"as trained)."}),
+            "top_k": ("INT", {"default": SAMPLING.top_k, "min": 0, "max": 2048,
+                              "tooltip": "Sample among the k most likely tokens; 0 disables, 1 is greedy."}),
+            "temperature": ("FLOAT", {"default": SAMPLING.temperature, "min": 0.0, "max": 5.0, "step": 0.05,
                                       "tooltip": "Sampling temperature; 0 is greedy."}),
-            "window_seconds": ("FLOAT", {"default": DEFAULT_WINDOW_SECONDS, "min": 1.0, "max": 10.0, "step": 0.5,
-                                         "tooltip": "Songs are edited window by window; 5 s is what the released "
-                                                    "model was trained on."}),
-            "overlap_seconds": ("FLOAT", {"default": DEFAULT_OVERLAP_SECONDS, "min": 0.1, "max": 9.0, "step": 0.1,
+            "window_seconds": ("FLOAT", {"default": SAMPLING.window_seconds, "min": 1.0, "max": 10.0, "step": 0.5,
+                                         "tooltip": f"Songs are edited window by window; "
+                                                    f"{SAMPLING.window_seconds:g} s is what the released model was "
+                                                    f"trained on."}),
+            "overlap_seconds": ("FLOAT", {"default": SAMPLING.overlap_seconds, "min": 0.1, "max": 9.0, "step": 0.1,
                                           "tooltip": "How much of the previous window each window re-reads, so "
                                                      "the music continues without seams."}),
         }, "optional": {
@@ -96,19 +88,11 @@ class InstructMusicGenEdit:
              overlap_seconds, instruction="", start_seconds=0.0, end_seconds=0.0, fade_seconds=DEFAULT_FADE_SECONDS):
         editor = model.ready()
         text = editor.instruction(operation, stem, instruction.strip() or None)
-        span = {}
-        ranges = None  # the whole song
-        if start_seconds > 0 or end_seconds > 0:
-            seconds = codes["codes"].shape[-1] / codes["frame_rate"]
-            start, end = check_range(start_seconds, end_seconds or None, fade_seconds, seconds)
-            span = {"start": start, "end": end, "fade": fade_seconds}
-            previous = codes.get("ranges", [])
-            ranges = None if previous is None else [*previous, (start, end, fade_seconds)]
-        edited = editor.edit(codes["codes"], text, seed=seed, guidance=guidance, top_k=top_k,
-                             temperature=temperature, window_seconds=window_seconds,
-                             overlap_seconds=overlap_seconds, progress=comfy_glue.progress_callback(), **span)
-        return ({**codes, "codes": edited.cpu(), "operations": [*codes.get("operations", []), operation_of(text)],
-                 "ranges": ranges},)
+        sampling = Sampling(guidance=guidance, top_k=top_k, temperature=temperature, window_seconds=window_seconds,
+                            overlap_seconds=overlap_seconds, seed=seed)
+        ranged = start_seconds > 0 or end_seconds > 0  # both 0: the whole song
+        span = {"start": start_seconds, "end": end_seconds or None, "fade": fade_seconds} if ranged else {}
+        return (editor.edit(codes, text, sampling, progress=comfy_glue.progress_callback(), **span),)
 
 
 class InstructMusicGenDecode:
@@ -141,14 +125,14 @@ class InstructMusicGenDecode:
 
     def decode(self, model, codes, sample_rate="input", channels="input", render="auto"):
         editor = model.ready()
-        rate = "input" if sample_rate == "input" else "model"
-        ranges = codes.get("ranges") or []
-        mode = resolve_render(render, codes.get("operations", []))
-        if mode == "model" and not ranges:
-            wav, out_rate = editor.decode_to(codes["codes"], codes.get("source"), rate, channels)
-        else:
-            audio = codes["audio"]
-            wav, out_rate = editor.render(codes["codes"], audio["waveform"], int(audio["sample_rate"]),
-                                          original_codes=codes["original_codes"], operations=codes["operations"],
-                                          mode=mode, ranges=ranges)
-        return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": out_rate},)
+        try:
+            # sample_rate and channels shape the model's output over the whole song; elsewhere the
+            # result has the input's form (see the tooltips)
+            form = {} if codes.in_input_form(render) else {"rate": "input" if sample_rate == "input" else "model",
+                                                            "channels": channels}
+            wav, rate = editor.render(codes, render, **form)
+        except ValueError as e:
+            if setting_of(e) == "mode":
+                raise type(e)(f"{e}; set render to model") from None
+            raise
+        return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": rate},)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from ..imgen_core.editor import DEFAULT_ENCODEC, DEFAULT_T5
+from ..imgen_core import defaults
 from . import comfy_glue
 from .resident import get_editor
 
@@ -64,11 +64,11 @@ class InstructMusicGenLoader:
             "base": (_base_files(), {"tooltip": "Base MusicGen LM (audiocraft state_dict.bin) from models/musicgen. "
                                                 "The released adapter needs facebook/musicgen-large."}),
             "adapter": (_adapter_files(), {"tooltip": "Instruct-MusicGen adapter from models/instruct_musicgen."}),
-            "t5": ([DEFAULT_T5] + _model_folders("t5"), {"tooltip": "T5 text encoder: a folder in models/musicgen, "
-                                                                    "or t5-base downloaded from Hugging Face."}),
-            "encodec": ([DEFAULT_ENCODEC] + _model_folders("encodec"),
+            "t5": ([defaults.T5] + _model_folders("t5"), {"tooltip": "T5 text encoder: a folder in models/musicgen, "
+                                                                     f"or {defaults.T5} downloaded from Hugging Face."}),
+            "encodec": ([defaults.ENCODEC] + _model_folders("encodec"),
                         {"tooltip": "EnCodec 32 kHz: a folder in models/musicgen, or downloaded from Hugging Face."}),
-            "dtype": (["auto", "fp16", "bf16", "fp32", "int8"], {"default": "auto",
+            "dtype": (list(defaults.DTYPE_CHOICES), {"default": "auto",
                       "tooltip": "LM precision: auto is fp16 on GPU and fp32 on CPU. int8: the LM's weights in "
                                  "int8, half the memory of fp16 (for small GPUs), activations in fp16 on GPU."}),
         }}

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
+from ..imgen_core.defaults import pick_dtype
 from ..imgen_core.editor import Editor
-from ..imgen_core.loader import cache_dir, load_editor, pick_dtype
+from ..imgen_core.loader import cache_dir
 from . import comfy_glue
 
 _LOCK = threading.Lock()
@@ -62,8 +63,9 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
             return _LOADED[key], False
         print(f"[Instruct-MusicGen] loading weights from {base} + {adapter} ({dtype})", flush=True)
         # the official checkpoint is converted once, beside it (or in the user cache if read-only)
-        editor = load_editor(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype, progress=progress,
-                             convert_into=[Path(adapter).parent, cache_dir() / "adapters"], int8=dtype == "int8")
+        editor = Editor.from_pretrained(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype,
+                                        int8=dtype == "int8", progress=progress,
+                                        convert_into=[Path(adapter).parent, cache_dir() / "adapters"])
         resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
                                   json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))
         _LOADED[key] = resident

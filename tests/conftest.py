@@ -1,21 +1,9 @@
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
+from support import FIXTURE_NAMES, fixture_dir
+
 torch.set_num_threads(min(2, torch.get_num_threads()))
-
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures"))
-FIXTURE_NAMES = ["instruct_musicgen_tiny", "instruct_musicgen_tiny_partial"]
-
-
-def fixture_dir(name: str) -> Path:
-    path = FIXTURES / name
-    if not (path / "reference.pt").is_file():
-        pytest.skip(f"parity fixture {path} not found: set IMGEN_FIXTURES to the fixtures folder")
-    return path
 
 
 @pytest.fixture(params=FIXTURE_NAMES)

@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ from imgen_core.loader import load_model
 from imgen_core.official_checkpoint import OFFICIAL_GLOBALS, convert_official, read_official_checkpoint
 from imgen_core.safe_pickle import safe_load
 from imgen_core.cli import main
-
-REPO = Path(__file__).resolve().parent.parent
+from imgen_core.tiny import write_official_checkpoint
+from support import REPO, adapter_with_metadata, far_layer, fixture_dir, hollow, official_with, resized
 
 
 class RunsCommand:
@@ -52,9 +51,7 @@ def test_builtins_eval_is_refused(tmp_path):
 
 
 def test_truncated_checkpoint_is_refused(tmp_path):
-    src = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures")) / "instruct_musicgen_tiny"
-    if not src.is_dir():
-        pytest.skip(f"fixture {src} not found")
+    src = fixture_dir("instruct_musicgen_tiny")
     data = (src / "instruct_checkpoint.ckpt").read_bytes()
     for name, blob in [("half.ckpt", data[: len(data) // 2]), ("noise.ckpt", os.urandom(4096)),
                        ("empty.ckpt", b"")]:
@@ -89,7 +86,7 @@ def test_missing_and_misshaped_keys_are_named(tmp_path, fixture):
     state["model.cp_transformer.gates"] = torch.zeros(5)
     bad = tmp_path / "bad.ckpt"
     torch.save({"state_dict": state}, bad)
-    with pytest.raises(CheckpointError, match="merge_linear") as e:
+    with pytest.raises(CheckpointError, match="merge_linear"):
         convert_official(bad, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
     state = _official_state(path)
@@ -111,9 +108,7 @@ def test_base_with_missing_key_is_named(tmp_path, fixture, load_fixture):
 
 
 def test_adapter_for_another_base_is_refused(tmp_path, tiny_files):
-    src = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures")) / "instruct_musicgen_tiny_partial"
-    if not src.is_dir():
-        pytest.skip(f"fixture {src} not found")
+    src = fixture_dir("instruct_musicgen_tiny_partial")
     with pytest.raises(CheckpointError, match="made for an LM of 2 layers"):
         load_model(src / "base_state_dict.bin", tiny_files["adapter"])
 
@@ -183,14 +178,6 @@ def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
     assert calls[-1][0] == calls[-1][1] == out.stat().st_size - (8 + int.from_bytes(out.read_bytes()[:8], "little"))
 
 
-def _adapter_with_metadata(path, **meta):
-    from safetensors.torch import save_file
-    from imgen_core.adapter_file import ADAPTER_FORMAT
-    base = {"format": ADAPTER_FORMAT, "fusion": json.dumps({"num_layers": 2}), "lm_layers": "2", "lm_dim": "64"}
-    save_file({"x": torch.zeros(1)}, str(path), metadata={**base, **meta})  # a tensor: safetensors 0.4.1 refuses none
-    return path
-
-
 @pytest.mark.parametrize("meta, message", [
     ({"lm_layers": "1000000000"}, "declares an LM of 1000000000 layers"),
     ({"lm_dim": "16384"}, "width 16384"),
@@ -203,7 +190,7 @@ def _adapter_with_metadata(path, **meta):
 def test_adapter_metadata_is_bounded_before_anything_is_built(tmp_path, meta, message):
     """Tiny files whose metadata asks for unbounded work or memory: one short line, at once."""
     from imgen_core.adapter_file import read_adapter
-    path = _adapter_with_metadata(tmp_path / "hostile.safetensors", **meta)
+    path = adapter_with_metadata(tmp_path / "hostile.safetensors", **meta)
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match=message) as e:
         read_adapter(path)
@@ -222,11 +209,9 @@ def test_refusals_never_suggest_weights_only_false():
 def test_a_conversion_stopped_midway_leaves_nothing(tmp_path):
     """SIGTERM while the adapter is being written: the temporary file is removed, no output."""
     import signal
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from convert_memory import write_checkpoint
     ckpt, out = tmp_path / "finetuned.ckpt", tmp_path / "out" / "adapter.safetensors"
     out.parent.mkdir()
-    write_checkpoint(ckpt, adapter_mb=400, extra_mb=0)
+    write_official_checkpoint(ckpt, adapter_mb=400, extra_mb=0)
     proc = subprocess.Popen([sys.executable, "-m", "imgen_core.cli", "convert", str(ckpt), "-o", str(out)],
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -241,14 +226,7 @@ def test_a_conversion_stopped_midway_leaves_nothing(tmp_path):
 
 def test_a_view_claiming_more_values_than_the_file_holds_is_refused(tmp_path):
     """A stride-0 view stores one value and claims a whole tensor; converting it would write them all."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from convert_memory import write_checkpoint
-
-    def hollow(state):
-        key = "model.cp_transformer.merge_linear.0.weight"
-        state[key] = torch.zeros(1).expand(*state[key].shape)
-    ckpt, out = tmp_path / "hollow.ckpt", tmp_path / "out.safetensors"
-    write_checkpoint(ckpt, adapter_mb=1, extra_mb=0, dim=64, edit=hollow)
+    ckpt, out = official_with(tmp_path / "hollow.ckpt", hollow), tmp_path / "out.safetensors"
     with pytest.raises(CheckpointError, match="merge_linear.0.weight are not tensors stored in the file"):
         convert_official(ckpt, out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["hollow.ckpt"]
@@ -273,14 +251,7 @@ def test_a_compressed_entry_is_refused_before_it_is_unpacked(tmp_path):
 
 
 def test_a_layer_index_far_beyond_any_model_is_refused_at_once(tmp_path):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from convert_memory import write_checkpoint
-
-    def far(state):
-        key = "model.peft_model.lm.transformer.base_model.model.layers.1000000000.cross_attention.k_proj.weight"
-        state[key] = torch.zeros(64, 64)
-    ckpt = tmp_path / "far.ckpt"
-    write_checkpoint(ckpt, adapter_mb=1, extra_mb=0, dim=64, edit=far)
+    ckpt = official_with(tmp_path / "far.ckpt", far_layer)
     start = time.perf_counter()
     with pytest.raises(CheckpointError, match="declares an LM of 1000000001 layers"):
         convert_official(ckpt, tmp_path / "out.safetensors")
@@ -304,17 +275,21 @@ def test_a_base_config_that_is_not_plain_yaml_is_one_line(tmp_path, cfg, message
 
 
 def test_a_base_declaring_a_huge_model_is_checked_before_anything_is_allocated(tmp_path, tiny_files):
-    """256 layers of width 8192 (232 billion parameters) declared by a file of tiny weights: the
-    model is only sized on the meta device, and the weights' shapes refuse it at once."""
-    from test_hostile_files import resized
+    """64 layers of width 4096 (17 billion parameters, under the bound) declared by a file of tiny
+    weights: the model is only sized on the meta device, and the weights' shapes refuse it at
+    once. 256 layers of width 8192 (275 billion) are refused by the config alone."""
     pkg = torch.load(tiny_files["base"], weights_only=True)
-    resized(dim=8192, num_layers=256, num_heads=64)(pkg)
+    resized(dim=4096, num_layers=64, num_heads=32)(pkg)
     path = tmp_path / "state_dict.bin"
     torch.save(pkg, path)
     start = time.perf_counter()
-    with pytest.raises(CheckpointError, match=r"mis-shaped keys: lm\.emb\.0\.weight \[65, 64\] \(expected \[65, 8192\]\)"):
+    with pytest.raises(CheckpointError, match=r"mis-shaped keys: lm\.emb\.0\.weight \[65, 64\] \(expected \[65, 4096\]\)"):
         load_model(path)
     assert time.perf_counter() - start < 10
+    resized(dim=8192, num_layers=256, num_heads=64)(pkg)
+    torch.save(pkg, path)
+    with pytest.raises(CheckpointError, match=r"declares an LM of 274\.9 billion parameters; accepted: at most 20"):
+        load_model(path)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

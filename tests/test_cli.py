@@ -11,6 +11,8 @@ import torch
 
 from imgen_core.audio import write_audio
 from imgen_core.cli import main
+from imgen_core.synthetic import song
+from support import tiny_args, tone
 
 
 def test_demo_writes_a_32k_file_of_the_expected_length(tmp_path, capsys):
@@ -38,17 +40,9 @@ def test_demo_checks_that_the_pipeline_carries_information(tmp_path, capsys):
 
 @pytest.fixture
 def stereo_wav(tmp_path):
-    sr = 44100
-    t = torch.arange(int(2.0 * sr)) / sr
-    wav = torch.stack([0.4 * torch.sin(2 * math.pi * 220 * t), 0.4 * torch.sin(2 * math.pi * 330 * t)])
     path = tmp_path / "in.wav"
-    write_audio(path, wav, sr)
+    write_audio(path, tone(2.0, 44100, channels=2, freq=220.0, level=0.4, spread=0.5), 44100)
     return path
-
-
-def tiny_args(files):
-    return ["--base", str(files["base"]), "--adapter", str(files["adapter"]), "--t5", str(files["t5"]),
-            "--encodec", str(files["encodec"]), "--offline"]
 
 
 def test_cli_edit_with_tiny_model(tmp_path, tiny_files, stereo_wav):
@@ -160,10 +154,8 @@ def test_a_folder_edit_interrupted_after_two_files_writes_only_the_other_three_o
     import imgen_core.cli as cli
     src = tmp_path / "songs"
     src.mkdir()
-    sr = 32000
     for i in range(5):
-        t = torch.arange(sr) / sr
-        write_audio(src / f"song{i}.wav", 0.3 * torch.sin(2 * math.pi * (110 + 40 * i) * t), sr)
+        write_audio(src / f"song{i}.wav", tone(1.0, freq=110.0 + 40 * i, level=0.3), 32000)
     (src / "notes.txt").write_text("not audio: left alone")
     inputs = {p.name: p.read_bytes() for p in src.iterdir()}
     out = tmp_path / "edited"
@@ -201,3 +193,36 @@ def test_batch_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
                          "audio file not found")):
         assert main(["edit", *args, "--op", "remove", "--stem", "drums", *tiny_args(tiny_files)]) == 2
         assert words in capsys.readouterr().err, words
+
+
+def test_cli_edits_a_long_file_and_leaves_it_untouched(tmp_path, tiny_files):
+    path = tmp_path / "song.flac"
+    sf.write(str(path), song(12.0, sample_rate=48000).numpy().T, 48000, subtype="PCM_24")
+    before = path.read_bytes()
+    out = tmp_path / "edited.wav"
+    assert main(["edit", str(path), "--op", "remove", "--stem", "drums", "-o", str(out), "--rate", "input",
+                 *tiny_args(tiny_files)]) == 0
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels, info.frames) == (48000, 2, 12 * 48000)
+    assert path.read_bytes() == before
+
+
+def test_option_defaults_are_the_librarys():
+    """Every generation, window, fade, weight and evaluation default of the command line is the
+    library's own (Sampling, take, defaults, EvalSettings), not a copy of it."""
+    from imgen_core import defaults
+    from imgen_core.cli import _sampling, parser
+    from imgen_core.evaluate import EvalSettings
+    from imgen_core.sampling import Sampling
+    from imgen_core.take import DEFAULT_FADE_SECONDS
+    edit = parser().parse_args(["edit", "in.wav", "-o", "out.wav", "--op", "add", "--stem", "bass"])
+    run = parser().parse_args(["eval", "--data", "d", "--layout", "slakh", "--out", "o"])
+    for args in (edit, run):
+        assert _sampling(args) == Sampling()
+        assert (args.base, args.adapter, args.t5, args.encodec) == (defaults.BASE, defaults.ADAPTER, defaults.T5,
+                                                                    defaults.ENCODEC)
+    assert edit.fade == DEFAULT_FADE_SECONDS
+    settings = EvalSettings("d", "slakh", "o")
+    assert (tuple(run.ops.split(",")), run.seconds, run.render) == (settings.operations, settings.seconds,
+                                                                   settings.render)
+    assert settings.sampling == Sampling()

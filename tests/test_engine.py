@@ -1,24 +1,23 @@
 """The optimized decode path against the reference path."""
-import functools
-
 import pytest
 import torch
 
 from imgen_core import pattern
 from imgen_core.generate import eager_step, generate, loop, prefill, prepare, take_step
-from imgen_core.sampling import sample
+from imgen_core.sampling import Sampling
 from imgen_core.tiny import TINY_LM, tiny_model
+from support import GREEDY, conditional_text
 
 
 def test_merged_lora_engine_reproduces_the_reference_greedy_tokens(fixture, load_fixture):
     path, ref = fixture
     model, _ = load_fixture(path)
-    reference = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
+    reference = generate(model, ref["cond_codes"], conditional_text(ref), GREEDY)
     model.merge_lora()
-    fast = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
+    fast = generate(model, ref["cond_codes"], conditional_text(ref), GREEDY)
     assert torch.equal(fast, reference) and torch.equal(fast, ref["gen_tokens"])
     model.unmerge_lora()
-    assert torch.equal(generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1), reference)
+    assert torch.equal(generate(model, ref["cond_codes"], conditional_text(ref), GREEDY), reference)
 
 
 def test_bf16_stays_within_its_rounding_of_fp32():
@@ -38,8 +37,7 @@ def test_bf16_stays_within_its_rounding_of_fp32():
     fp32, bf16 = fp32[valid], bf16[valid].float()
     assert (fp32 - bf16).norm() / fp32.norm() < 0.03
     assert (fp32.argmax(-1) == bf16.argmax(-1)).float().mean() > 0.95
-    tokens = generate(model, cond[:1, :, :20], torch.cat([text[:1].bfloat16(), torch.zeros_like(text[:1]).bfloat16()]),
-                      top_k=1)
+    tokens = generate(model, cond[:1, :, :20], text[:1].bfloat16(), GREEDY)
     assert tokens.shape == (1, 4, 20) and tokens.max() < TINY_LM.card
 
 
@@ -48,7 +46,7 @@ def test_cuda_graph_request_without_cuda_is_a_clear_error():
         pytest.skip("a CUDA device is present")
     model = tiny_model(seed=0)
     with pytest.raises(ValueError, match="cuda_graph=on needs the model on a CUDA device"):
-        generate(model, torch.zeros(1, 4, 5, dtype=torch.long), torch.zeros(2, 3, TINY_LM.dim), cuda_graph="on")
+        generate(model, torch.zeros(1, 4, 5, dtype=torch.long), torch.zeros(1, 3, TINY_LM.dim), cuda_graph="on")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,16 +55,15 @@ def test_cuda_engines_reproduce_the_reference_greedy_tokens(fixture, load_fixtur
     model, _ = load_fixture(path)
     model = model.cuda().merge_lora()
     for mode in ("off", "on"):
-        tokens = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1, cuda_graph=mode)
+        tokens = generate(model, ref["cond_codes"], conditional_text(ref), GREEDY, cuda_graph=mode)
         assert torch.equal(tokens.cpu(), ref["gen_tokens"]), mode
 
 
-def _decode(model, ref, step_for, **sampling):
+def _decode(model, ref, step_for, sampling=GREEDY, generator=None):
     """prepare + prefill + loop with the loop's step built by `step_for(lm, d, sampler)`."""
-    sampling = {"temperature": 1.0, "top_k": 1, "top_p": 0.0, "generator": None, **sampling}
     with torch.no_grad():
-        d = prepare(model, ref["cond_codes"], ref["cfg_text_cond"], 3.0, None)
-        sampler = functools.partial(sample, **sampling)
+        d = prepare(model, ref["cond_codes"], conditional_text(ref), sampling.guidance, None)
+        sampler = sampling.sampler(generator)
         model.lm.setup_cache(d.rows, d.steps)
         try:
             prefill(model.lm, d, sampler)
@@ -90,7 +87,7 @@ def test_the_captured_steps_attention_decodes_the_eager_tokens(fixture, load_fix
     model.merge_lora()
     assert torch.equal(_decode(model, ref, eager_step), ref["gen_tokens"])
     assert torch.equal(_decode(model, ref, whole_cache_step), ref["gen_tokens"])
-    sampled = [_decode(model, ref, step, top_k=50, generator=torch.Generator().manual_seed(7))
+    sampled = [_decode(model, ref, step, Sampling(top_k=50), generator=torch.Generator().manual_seed(7))
                for step in (eager_step, whole_cache_step)]
     assert torch.equal(*sampled) and not torch.equal(sampled[0], ref["gen_tokens"])
 
@@ -104,7 +101,7 @@ def test_cuda_graph_sampling_is_seeded_and_leaves_no_trace_of_its_warm_up(fixtur
     model = model.cuda().merge_lora()
 
     def run(**kw):
-        return generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=50, cuda_graph="on", **kw)
+        return generate(model, ref["cond_codes"], conditional_text(ref), Sampling(top_k=50), cuda_graph="on", **kw)
     a = run(generator=torch.Generator(device="cuda").manual_seed(5))
     b = run(generator=torch.Generator(device="cuda").manual_seed(5))
     assert torch.equal(a, b) and not torch.equal(a.cpu(), ref["gen_tokens"])

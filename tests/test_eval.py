@@ -5,17 +5,14 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from imgen_core import metrics
-from imgen_core.evaluate import summarise
-from test_training import make_slakh
-
-REPO = Path(__file__).resolve().parent.parent
+from imgen_core.evaluate import RESULT_FILES, EvalSettings, summarise
+from support import REPO, make_slakh, tiny_args
 
 
 def orthogonal_noise(target: torch.Tensor, energy_ratio: float, seed: int) -> torch.Tensor:
@@ -151,21 +148,23 @@ def slakh_test(tmp_path_factory):
     return make_slakh(tmp_path_factory.mktemp("slakh_test"), songs=3)
 
 
-def run_eval(tmp_path, tiny_files, data, out, processes=1, extra=()):
-    from test_cli import tiny_args
+def run_eval(tiny_files, data, out, processes=1, threads=None,
+             extra=("--seconds", "1.0", "--window", "1.0", "--overlap", "0.5")):
+    """`imgen eval` in one process, or under torchrun (which gives each process one thread unless
+    told otherwise); `threads`: OMP_NUM_THREADS, the count the process would otherwise use."""
     cmd = ["-m", "imgen_core.cli", "eval", "--data", str(data), "--layout", "slakh", "--out", str(out),
-           "--classes", "drums,bass,piano,guitar", "--seconds", "1.0", "--window", "1.0", "--overlap", "0.5",
-           *tiny_args(tiny_files), *extra]
+           "--classes", "drums,bass,piano,guitar", *tiny_args(tiny_files), *extra]
     if processes > 1:
         cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29531", *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(REPO), **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
 
 
 def test_eval_end_to_end_and_two_processes_give_the_one_process_results(tmp_path, tiny_files, slakh_test):
-    one = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "one")
+    one = run_eval(tiny_files, slakh_test, tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "two", processes=2)
+    two = run_eval(tiny_files, slakh_test, tmp_path / "two", processes=2)
     assert two.returncode == 0, two.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "one" / "clips.jsonl").read_text().splitlines()]
     assert len(rows) == 9  # 3 songs x 3 operations
@@ -186,17 +185,50 @@ def test_eval_end_to_end_and_two_processes_give_the_one_process_results(tmp_path
     assert "CLAP skipped" in one.stderr or "clap" in rows[0]
     assert "| operation | stem |" in one.stdout
     # results are never overwritten without asking
-    again = run_eval(tmp_path, tiny_files, slakh_test, tmp_path / "one")
+    again = run_eval(tiny_files, slakh_test, tmp_path / "one")
     assert again.returncode == 2 and "already holds results" in again.stderr
+
+
+def test_eval_files_do_not_depend_on_the_thread_count_or_the_number_of_processes(tmp_path, tiny_files):
+    """Four songs of 6 s, remove and extract, 5 s clips: one process on one thread, one process
+    on two threads, and two processes under torchrun write the same bytes. Before the thread
+    count was fixed, one and two threads gave SSIM and SI-SDRi that differed in their last digits
+    on this set (a matrix product's rounding follows the thread count)."""
+    data = make_slakh(tmp_path / "data", songs=4, kinds=("Drums", "Bass", "Piano", "Guitar"), seconds=6.0)
+    runs = {"1 thread": run_eval(tiny_files, data, tmp_path / "t1", threads=1, extra=("--ops", "remove,extract")),
+            "2 threads": run_eval(tiny_files, data, tmp_path / "t2", threads=2, extra=("--ops", "remove,extract")),
+            "2 processes": run_eval(tiny_files, data, tmp_path / "p2", processes=2, extra=("--ops", "remove,extract"))}
+    for name, run in runs.items():
+        assert run.returncode == 0, f"{name}: {run.stderr[-3000:]}"
+    rows = [json.loads(line) for line in (tmp_path / "t1" / "clips.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["operation"] for r in rows} == {"remove", "extract"}
+    runs_named = {"t2": "2 threads", "p2": "2 processes"}
+    written = sorted(p.relative_to(tmp_path / "t1") for p in (tmp_path / "t1").rglob("*") if p.is_file())
+    assert {p.parts[0] for p in written} == set(RESULT_FILES) and len(written) == 4 + 8 * 3
+    for path in written:
+        for other in ("t2", "p2"):
+            assert (tmp_path / other / path).read_bytes() == (tmp_path / "t1" / path).read_bytes(), \
+                f"{path}: 1 thread vs {runs_named[other]}"
+
+
+def test_eval_settings_are_checked_when_made():
+    for bad, words in (({"operations": ("add", "mix")}, "operations must be among add, remove, extract"),
+                       ({"operations": ()}, "operations must be among"),
+                       ({"seconds": 0.0}, "clip length must be more than 0 and at most 30 s"),
+                       ({"limit": 0}, "limit of songs per operation must be at least 1"),
+                       ({"render": "loud"}, "unknown render mode 'loud'"),
+                       ({"threads": 0}, "threads must be an integer of at least 1")):
+        with pytest.raises(ValueError, match=words):
+            EvalSettings("data", "slakh", "out", **bad)
 
 
 def test_eval_refusals_say_what_is_accepted(tmp_path, tiny_files, slakh_test, capsys):
     from imgen_core.cli import main
-    from test_cli import tiny_args
     base = ["eval", "--data", str(slakh_test), "--layout", "slakh", "--out", str(tmp_path / "o"), *tiny_args(tiny_files)]
     for extra, words in ((["--ops", "add,mix"], "--ops takes a comma-separated list of add, remove, extract"),
                          (["--skip", "clop"], "--skip takes a comma-separated list of clap, fad, kl"),
-                         (["--seconds", "0"], "--seconds must be in (0, 30]")):
+                         (["--seconds", "0"], "at most 30 s, got 0.0 (see --seconds)"),
+                         (["--threads", "0"], "threads must be an integer of at least 1, got 0 (see --threads)")):
         assert main([*base, *extra]) == 2
         assert words in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path / "none"), "--layout", "slakh", "--out", str(tmp_path / "o"),

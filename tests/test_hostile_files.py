@@ -6,118 +6,19 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
-from convert_memory import write_checkpoint  # noqa: E402
+from support import (REPO, adapter_with_metadata, base_with, bytearray_payload, deflated_pickle, far_layer,
+                     flac_claiming, hollow, integers_for_weights, official_with, resized, text_for_a_tensor,
+                     yaml_tag)
 
 # Peak memory a refusal may take above what the process held before it: a bound that every case
 # meets with room to spare, and that the findings broke by far (3 to 9 GB each).
 PEAK_MB = 200
 SECONDS = 10
-
-
-class BigBytes:
-    """Pickles as `builtins.bytearray(3_000_000_000)`: 3 GB from a few bytes, if ever unpickled."""
-
-    def __reduce__(self):
-        return bytearray, (3_000_000_000,)
-
-
-def _official(path, edit):
-    write_checkpoint(path, adapter_mb=1, extra_mb=0, dim=64, edit=edit)
-    return path
-
-
-def _base(path, tiny_base, edit):
-    pkg = torch.load(tiny_base, weights_only=True)  # our own tiny file: trusted
-    edit(pkg)
-    torch.save(pkg, path)
-    return path
-
-
-def _adapter_with_metadata(path, **meta):
-    from safetensors.torch import save_file
-    from imgen_core.adapter_file import ADAPTER_FORMAT
-    base = {"format": ADAPTER_FORMAT, "fusion": json.dumps({"num_layers": 2}), "lm_layers": "2", "lm_dim": "64"}
-    save_file({"x": torch.zeros(1)}, str(path), metadata={**base, **meta})  # a tensor: safetensors 0.4.1 refuses none
-    return path
-
-
-def _deflated_pickle(path, gigabytes):
-    """A torch.save file whose data.pkl is padded to `gigabytes` and deflated to a few MB."""
-    plain = path.with_suffix(".plain")
-    torch.save({"state_dict": {"x": torch.zeros(4)}}, plain)
-    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(path, "w") as dst:
-        for info in src.infolist():
-            if not info.filename.endswith("data.pkl"):
-                dst.writestr(info, src.read(info))
-                continue
-            entry = zipfile.ZipInfo(info.filename)
-            entry.compress_type = zipfile.ZIP_DEFLATED
-            with dst.open(entry, "w", force_zip64=True) as f:
-                f.write(src.read(info))
-                zeros = bytes(64 << 20)
-                for _ in range(gigabytes * 16):
-                    f.write(zeros)
-    plain.unlink()
-    return path
-
-
-def _flac_claiming(path, frames_bits=36, channels=8):
-    """A real FLAC whose header says 2**36 - 1 frames of 8 channels (2 TB as float32)."""
-    sf.write(str(path), np.zeros((1000, channels), dtype="float32"), 44100)
-    data = bytearray(path.read_bytes())
-    word = int.from_bytes(data[18:26], "big")  # STREAMINFO: rate, channels, bits, 36-bit frame count
-    data[18:26] = ((word >> 36 << 36) | (2 ** frames_bits - 1)).to_bytes(8, "big")
-    path.write_bytes(bytes(data))
-    return path
-
-
-def resized(**sizes):
-    """Edits a base so that its config declares other LM sizes (its weights stay tiny)."""
-    def edit(pkg):
-        cfg = yaml.safe_load(pkg["xp.cfg"])
-        cfg["transformer_lm"].update(sizes)
-        pkg["xp.cfg"] = yaml.safe_dump(cfg)
-    return edit
-
-
-def _text_for_a_tensor(pkg):
-    key = next(iter(pkg["best_state"]))
-    pkg["best_state"][key] = "not a tensor"
-
-
-def _integers_for_weights(pkg):
-    pkg["best_state"] = {k: torch.zeros(v.shape, dtype=torch.int64) for k, v in pkg["best_state"].items()}
-
-
-def _yaml_tag(marker):
-    def edit(pkg):
-        pkg["xp.cfg"] = f"!!python/object/apply:os.system ['touch {marker}']"
-    return edit
-
-
-def _hollow(state):
-    key = "model.cp_transformer.merge_linear.0.weight"
-    state[key] = torch.zeros(1).expand(*state[key].shape)
-
-
-def _far_layer(state):
-    key = "model.peft_model.lm.transformer.base_model.model.layers.1000000000.cross_attention.k_proj.weight"
-    state[key] = torch.zeros(64, 64)
-
-
-def _bytearray(state):
-    state["model.cp_transformer.gates"] = BigBytes()
 
 
 # name -> (finding, what the message must say)
@@ -127,7 +28,7 @@ EXPECTED = {
     "layer index 10**9": (3, "declares an LM of 1000000001 layers"),
     "metadata asking 10**9 layers": (3, "declares an LM of 1000000000 layers"),
     "base config of width 16384": (3, "dim=16384 (accepted: 1 to 8192)"),
-    "base config of 256 layers of width 8192": (3, "has 256 x 8192; pick the matching base model"),
+    "base config of 256 layers of width 8192": (3, "declares an LM of 274.9 billion parameters"),
     "pickle deflated to 1 GB": (4, "is compressed"),
     "pickle calling bytearray(3e9)": (5, "references 'builtins.bytearray'"),
     "output is the input": (7, "is the input file"),
@@ -164,30 +65,30 @@ def outcomes(tmp_path_factory, tiny_files):
     def convert(name, ckpt):
         return {"name": name, "argv": ["convert", str(ckpt), "-o", str(out / "adapter.safetensors")]}
 
-    hollow = _official(d / "hollow.ckpt", _hollow)
+    hollow_ckpt = official_with(d / "hollow.ckpt", hollow)
     cases = [
-        convert("hollow view, converted", hollow),
-        edit("hollow view, as an adapter", adapter=hollow),
-        convert("layer index 10**9", _official(d / "far.ckpt", _far_layer)),
+        convert("hollow view, converted", hollow_ckpt),
+        edit("hollow view, as an adapter", adapter=hollow_ckpt),
+        convert("layer index 10**9", official_with(d / "far.ckpt", far_layer)),
         edit("metadata asking 10**9 layers",
-             adapter=_adapter_with_metadata(d / "layers.safetensors", lm_layers="1000000000")),
-        edit("base config of width 16384", base=_base(d / "wide.bin", tiny["base"], resized(dim=16384))),
+             adapter=adapter_with_metadata(d / "layers.safetensors", lm_layers="1000000000")),
+        edit("base config of width 16384", base=base_with(d / "wide.bin", tiny["base"], resized(dim=16384))),
         edit("base config of 256 layers of width 8192",
-             base=_base(d / "wide_ok.bin", tiny["base"], resized(dim=8192, num_layers=256, num_heads=64))),
-        convert("pickle deflated to 1 GB", _deflated_pickle(d / "bomb.ckpt", 1)),
-        convert("pickle calling bytearray(3e9)", _official(d / "bytearray.ckpt", _bytearray)),
+             base=base_with(d / "wide_ok.bin", tiny["base"], resized(dim=8192, num_layers=256, num_heads=64))),
+        convert("pickle deflated to 1 GB", deflated_pickle(d / "bomb.ckpt", 1)),
+        convert("pickle calling bytearray(3e9)", official_with(d / "bytearray.ckpt", bytearray_payload)),
         edit("output is the input", extra=["-o", str(song), "--overwrite"]),
         edit("deeply nested metadata",
-             adapter=_adapter_with_metadata(d / "nested.safetensors", fusion="[" * 100_000 + "]" * 100_000)),
-        edit("metadata of the wrong type", adapter=_adapter_with_metadata(d / "type.safetensors", lm_layers="two")),
-        edit("text where a tensor belongs", base=_base(d / "text.bin", tiny["base"], _text_for_a_tensor)),
-        edit("integers where weights belong", base=_base(d / "ints.bin", tiny["base"], _integers_for_weights)),
-        edit("YAML tag in the base config", base=_base(d / "yaml.bin", tiny["base"], _yaml_tag(marker))),
-        edit("FLAC claiming 2**36 frames x 8 channels", song=_flac_claiming(d / "huge.flac")),
+             adapter=adapter_with_metadata(d / "nested.safetensors", fusion="[" * 100_000 + "]" * 100_000)),
+        edit("metadata of the wrong type", adapter=adapter_with_metadata(d / "type.safetensors", lm_layers="two")),
+        edit("text where a tensor belongs", base=base_with(d / "text.bin", tiny["base"], text_for_a_tensor)),
+        edit("integers where weights belong", base=base_with(d / "ints.bin", tiny["base"], integers_for_weights)),
+        edit("YAML tag in the base config", base=base_with(d / "yaml.bin", tiny["base"], yaml_tag(marker))),
+        edit("FLAC claiming 2**36 frames x 8 channels", song=flac_claiming(d / "huge.flac")),
         edit("10 MB metadata value",
-             adapter=_adapter_with_metadata(d / "meta10.safetensors", format="x" * 10_000_000)),
+             adapter=adapter_with_metadata(d / "meta10.safetensors", format="x" * 10_000_000)),
         edit("100 MB metadata value",
-             adapter=_adapter_with_metadata(d / "bigmeta.safetensors", format="x" * 99_000_000)),
+             adapter=adapter_with_metadata(d / "bigmeta.safetensors", format="x" * 99_000_000)),
     ]
     assert [c["name"] for c in cases] == list(EXPECTED)
     song_bytes = song.read_bytes()

@@ -1,6 +1,6 @@
 import pytest
 
-from imgen_core.instructions import InstructionError, free_text, render
+from imgen_core.instructions import InstructionError, free_text, phrase
 
 
 @pytest.mark.parametrize("op, stem, text", [
@@ -9,29 +9,29 @@ from imgen_core.instructions import InstructionError, free_text, render
     ("extract", " piano ", "Music piece. Instruct: Only Piano."),
 ])
 def test_slakh_templates(op, stem, text):
-    assert render(op, stem) == text
+    assert phrase(op, stem) == text
 
 
 def test_moisesdb_templates_are_the_official_texts():
-    assert render("add", "drums", "moisesdb") == "Music piece. Instruction: Add drums."
-    assert render("remove", "bass", "moisesdb") == "Music piece. Instruction: No bass"
-    assert render("extract", "bowed_strings", "moisesdb") == "Music piece. Instruction: Only bowed_strings."
+    assert phrase("add", "drums", "moisesdb") == "Music piece. Instruction: Add drums."
+    assert phrase("remove", "bass", "moisesdb") == "Music piece. Instruction: No bass"
+    assert phrase("extract", "bowed_strings", "moisesdb") == "Music piece. Instruction: Only bowed_strings."
 
 
 def test_unknown_stem_lists_the_valid_ones():
     with pytest.raises(InstructionError, match="valid stems: drums, bass, piano, guitar"):
-        render("add", "vocals")
+        phrase("add", "vocals")
 
 
 def test_unknown_operation_lists_the_valid_ones():
     with pytest.raises(InstructionError, match="valid operations: add, remove, extract"):
-        render("replace", "drums")
+        phrase("replace", "drums")
 
 
 def test_checkpoint_vocabulary_is_respected():
-    assert render("add", "strings", stems=["drums", "strings"]) == "Music piece. Instruct: Add Strings."
+    assert phrase("add", "strings", stems=["drums", "strings"]) == "Music piece. Instruct: Add Strings."
     with pytest.raises(InstructionError, match="valid stems: drums, strings"):
-        render("add", "bass", stems=["drums", "strings"])
+        phrase("add", "bass", stems=["drums", "strings"])
 
 
 def test_free_text():

@@ -4,6 +4,7 @@ import torch
 from imgen_core.loader import load_model
 from imgen_core.official_checkpoint import convert_official
 from imgen_core.generate import generate
+from support import GREEDY, conditional_text
 
 TOL = 1e-4
 
@@ -43,7 +44,7 @@ def _fused_checks(model, ref):
         assert max_diff(logits, mask, ref["logits_fused"]) < TOL
         logits, mask = model(ref["b2_target_codes"], ref["b2_cond_codes"], ref["b2_text_cond"])
         assert max_diff(logits, mask, ref["b2_logits_fused"]) < TOL
-        tokens = generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
+        tokens = generate(model, ref["cond_codes"], conditional_text(ref), GREEDY)
     assert torch.equal(tokens, ref["gen_tokens"])
 
 
@@ -75,7 +76,7 @@ def test_generation_step_logits_match(fixture, load_fixture):
         seen.append(out[:, :, -1].detach().clone())
         return out
     model.lm.forward = spy
-    generate(model, ref["cond_codes"], ref["cfg_text_cond"], top_k=1)
+    generate(model, ref["cond_codes"], conditional_text(ref), GREEDY)
     steps = torch.stack(seen)  # [23, 2, K, card]
     assert steps.shape == ref["gen_step_logits"].shape
     assert (steps - ref["gen_step_logits"]).abs().max().item() < TOL

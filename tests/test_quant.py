@@ -92,5 +92,5 @@ def test_an_int8_edit_runs_end_to_end(tmp_path, tiny_files):
     assert editor.model.dtype == torch.float32  # fbgemm's int8 products take fp32 activations
     assert all(m.packed is not None for m in editor.model.modules() if isinstance(m, Int8Linear))
     wav = torch.sin(torch.arange(32000) / 5.0)[None] * 0.5
-    out, rate = editor.edit_audio(wav, 32000, editor.instruction("remove", "drums"), seed=0)
+    out, rate = editor.edit_audio(wav, 32000, editor.instruction("remove", "drums"))
     assert out.shape == (1, 1, 32000) and torch.isfinite(out).all()

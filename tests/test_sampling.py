@@ -1,6 +1,38 @@
+import pytest
 import torch
 
-from imgen_core.sampling import sample
+from imgen_core.sampling import Sampling, sample
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"temperature": -1.0}, "temperature must be a number >= 0"),
+    ({"temperature": float("nan")}, "temperature must be a number >= 0"),
+    ({"top_k": -3}, "top_k must be an integer >= 0"),
+    ({"top_k": 2.5}, "top_k must be an integer >= 0"),
+    ({"top_p": 1.5}, r"top_p must be in \[0, 1\]"),
+    ({"guidance": -1.0}, "guidance must be a number >= 0"),
+    ({"window_seconds": 0.0}, "window must be a positive number of seconds"),
+    ({"overlap_seconds": 5.0}, r"overlap must be more than 0 and less than the window \(5.0 s\)"),
+    ({"overlap_seconds": 0.0}, "overlap must be more than 0"),
+    ({"seed": 2 ** 64}, "seed must be an integer"),
+    ({"seed": True}, "seed must be an integer"),
+])
+def test_bad_settings_are_refused_when_made(settings, message):
+    with pytest.raises(ValueError, match=message):
+        Sampling(**settings)
+
+
+def test_windows_in_frames_are_bounded_by_the_model():
+    assert Sampling().window_frames(50, 500) == (250, 100)
+    assert Sampling(window_seconds=10.0, overlap_seconds=3.0).window_frames(50, 500) == (500, 150)
+    with pytest.raises(ValueError, match="window must be from 0.04 to 10 s for this model, got 12.0 s"):
+        Sampling(window_seconds=12.0).window_frames(50, 500)
+    with pytest.raises(ValueError, match="overlap must be at least one frame"):
+        Sampling(overlap_seconds=0.001).window_frames(50, 500)
+
+
+def test_no_guidance_is_a_setting():
+    assert Sampling(guidance=None).guidance is None
 
 
 def draws(logits, n=400, **kw):

@@ -1,6 +1,5 @@
 """Instruction tuning: datasets and triplet rules, the trainer, resume, DDP, the adapter it writes."""
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,61 +12,9 @@ import yaml
 
 from imgen_core.data import (DatasetError, TripletDataset, load_crop, near_silent, normalise, read_moisesdb,
                              read_slakh, read_songs, read_stem_folders)
+from support import REPO, STEM_RATE, make_folders, make_moisesdb, make_slakh, stem_audio, write_stem
 
-REPO = Path(__file__).resolve().parent.parent
-SR = 44100
-
-
-def stem_audio(kind: str, seconds: float, seed: int, level: float = 0.5):
-    t = torch.arange(int(seconds * SR)) / SR
-    g = torch.Generator().manual_seed(seed)
-    if kind == "drums":
-        x = (torch.rand(t.shape, generator=g) - 0.5) * 2 * (torch.sin(2 * math.pi * 4 * t) > 0.7)
-    elif kind == "bass":
-        x = torch.sin(2 * math.pi * (55 + 10 * seed % 30) * t)
-    elif kind == "piano":
-        x = torch.sin(2 * math.pi * 440 * t) * torch.exp(-3 * (t % 0.5))
-    elif kind == "guitar":
-        x = 2 * ((220 * t) % 1) - 1
-    else:
-        x = torch.sin(2 * math.pi * 330 * t)
-    return (level * x).numpy()
-
-
-def write_stem(path: Path, kind: str, seconds=3.0, seed=0, level=0.5):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), stem_audio(kind, seconds, seed, level), SR)
-
-
-def make_slakh(root: Path, songs=3, kinds=("Drums", "Bass", "Piano", "Guitar", "Strings")):
-    for i in range(songs):
-        track = root / f"Track{i:05d}"
-        stems = {}
-        for j, kind in enumerate(kinds):
-            sid = f"S{j:02d}"
-            stems[sid] = {"inst_class": kind, "audio_rendered": True, "program_num": j}
-            write_stem(track / "stems" / f"{sid}.flac", kind.lower(), seed=i * 10 + j)
-        (track / "metadata.yaml").write_text(yaml.safe_dump({"stems": stems}))
-    return root
-
-
-def make_moisesdb(root: Path, songs=2):
-    for i in range(songs):
-        track = root / f"song-{i}"
-        stems = []
-        for kind in ("drums", "bass", "guitar", "vocals", "other"):
-            sid = f"{kind}-{i}"
-            stems.append({"stemName": kind, "tracks": [{"id": sid, "extension": "wav", "trackType": kind}]})
-            write_stem(track / kind / f"{sid}.wav", kind, seed=i)
-        (track / "data.json").write_text(json.dumps({"song": f"song {i}", "stems": stems}))
-    return root
-
-
-def make_folders(root: Path, songs=4, seconds=4.0):
-    for i in range(songs):
-        for kind in ("drums", "bass", "piano", "guitar"):
-            write_stem(root / f"song{i}" / f"{kind}.wav", kind, seconds=seconds, seed=i)
-    return root
+SR = STEM_RATE
 
 
 def recompute(song_stems, classes, start, seconds):
@@ -198,7 +145,7 @@ def log_records(run: Path):
 def test_resume_continues_from_the_exact_step_with_the_same_data(tmp_path, tiny_files, folders):
     from imgen_core.train import TrainConfig, Trainer
     full = Trainer(TrainConfig.from_file(train_config(tmp_path / "a", tiny_files, folders)), log=lambda s: None)
-    assert [b for b in full.batches(4)] == [[16, 17], [18, 19]]   # the data order is a function of the step
+    assert [b for b in full.feed.batches(4)] == [[16, 17], [18, 19]]   # the data order is a function of the step
     full.fit()
     part_cfg = TrainConfig.from_file(train_config(tmp_path / "b", tiny_files, folders, steps=3))
     Trainer(part_cfg, log=lambda s: None).fit()
@@ -224,7 +171,7 @@ def test_training_learns_the_toy_task_and_the_adapter_loads(tmp_path, tiny_files
     held_out = TripletDataset(trainer.dataset.songs, cfg.classes, cfg.seconds, cfg.operations, seed=999, length=8)
 
     def accuracy(model_trainer):
-        from imgen_core.train import collate
+        from imgen_core.feed import collate
         batch = collate([held_out[i] for i in range(len(held_out))])
         cond, target, text = model_trainer.encode_batch(batch)
         return token_accuracy(model_trainer.model, cond, target, text)

@@ -1,0 +1,68 @@
+"""Audio in: checks, conversion to the model's 32 kHz mono, sample types."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imgen_core.audio import AudioError, as_float, to_model_audio
+from support import tone
+
+
+@pytest.mark.parametrize("wav, message", [
+    (torch.zeros(1, 0), "empty"),
+    (torch.zeros(1, 32000), "silent"),
+    (torch.full((1, 32000), float("nan")), "NaN or infinite"),
+    (torch.cat([tone(1), torch.full((1, 1), float("inf"))], dim=1), "NaN or infinite"),
+    (torch.tensor([[0.5]]), "silent"),  # one sample minus its mean (the DC offset) is nothing at all
+])
+def test_unusable_audio_is_refused(wav, message):
+    with pytest.raises(AudioError, match=message):
+        to_model_audio(wav, 32000)
+
+
+@pytest.mark.parametrize("rate", [0, 100, 2_000_000, 44100.5])
+def test_bad_sample_rate_is_refused(rate):
+    with pytest.raises(AudioError, match="sample rate must be an integer from 4000 to 768000 Hz"):
+        to_model_audio(tone(1), rate)
+
+
+def test_stereo_44k_becomes_mono_32k():
+    wav, source = to_model_audio(tone(1.0, sr=44100, channels=2), 44100)
+    assert wav.shape == (1, 1, 32000)
+    assert (source.sample_rate, source.channels, source.samples) == (44100, 2, 44100)
+
+
+def test_integer_samples_are_scaled():
+    assert as_float(np.array([-32768, 0, 16384], dtype=np.int16)).tolist() == [-1.0, 0.0, 0.5]
+
+
+def test_integer_samples_are_scaled_per_type():
+    assert as_float(np.array([0, 255], dtype=np.uint8)).tolist() == [-1.0, 0.9921875]
+    assert as_float(np.array([-2**31], dtype=np.int32)).tolist() == [-1.0]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.int32, np.uint8, np.float64, np.float32])
+def test_integer_and_float_samples(dtype):
+    x = np.sin(np.linspace(0, 200 * np.pi, 16000))
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = (x * (info.max // 2) + (0 if info.min < 0 else info.max // 2)).astype(dtype)
+    else:
+        x = (0.5 * x).astype(dtype)
+    audio, _ = to_model_audio(x, 32000)
+    assert 0.4 < audio.abs().max() <= 1.0
+
+
+def test_clipping_and_dc_offset_are_handled():
+    t = torch.arange(32000) / 32000
+    hot = 1.8 * torch.sin(2 * math.pi * 100 * t)[None]  # float beyond full scale
+    audio, _ = to_model_audio(hot, 32000)
+    assert abs(audio.abs().max().item() - 1.0) < 1e-3
+    clipped = (2 * torch.sin(2 * math.pi * 100 * t)).clamp(-1, 1)[None]  # hard-clipped
+    assert to_model_audio(clipped, 32000)[0].abs().max() <= 1.0
+    offset = 0.6 + 0.2 * torch.sin(2 * math.pi * 100 * t)[None]
+    audio, _ = to_model_audio(offset, 32000)
+    assert abs(audio.mean().item()) < 1e-4 and audio.abs().max() < 0.25
+    with pytest.raises(AudioError, match="silent"):
+        to_model_audio(torch.full((1, 32000), 0.5), 32000)  # DC alone carries nothing
