@@ -1,30 +1,29 @@
 """Writing files so that nothing is lost: every file is written under a new temporary name in its
-own folder (created fresh, so never through a link someone planted there) and renamed into place
-when complete; any failure or interruption removes the temporary, and the old file, if any, is
-left as it was."""
+own folder (created there, exclusively, so never through a link someone planted) and renamed into
+place when complete; any failure or interruption removes the temporary, and the old file, if any,
+is left as it was."""
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: mkstemp creates files 0600, the result gets the usual permissions
 
 
 @contextlib.contextmanager
 def replacing(path):
-    """`with replacing(path) as f:` a new binary file that becomes `path` when the block ends."""
+    """`with replacing(path) as f:` a new binary file that becomes `path` when the block ends. The
+    temporary is named before it is created, so that an interruption at any moment, even while
+    it is being created, can remove it; it gets the usual permissions (0666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    tmp = path.parent / f"{path.name}.{secrets.token_hex(8)}.part"
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if not (isinstance(e, FileExistsError) and e.filename == str(tmp)):  # never one this did not create
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -1,5 +1,6 @@
 """The imgen command line, end to end with tiny models."""
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -136,11 +137,13 @@ def test_console_script_is_installed():
 
 
 def test_written_files_get_the_usual_permissions_and_logs_refuse_links(tmp_path):
-    from imgen_core.files import _UMASK, append_line, replacing
+    from imgen_core.files import append_line, replacing
+    umask = os.umask(0o022)
+    os.umask(umask)
     write_audio(tmp_path / "out.wav", torch.zeros(1, 320), 32000)
     with replacing(tmp_path / "state.pt") as f:
         f.write(b"x")
-    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~_UMASK}  # not mkstemp's 0600
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o666 & ~umask}  # not a private 0600
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     (tmp_path / "log.jsonl").symlink_to(victim)
