@@ -124,11 +124,19 @@ class Frontend:
     def search_nodes(self, text: str) -> list[str]:
         """Open the node search (double click on the empty canvas), type, return the entries shown.
         Typing starts only once the search box has the focus: keys typed before would reach the
-        page's shortcuts ("n" opens the node library) instead."""
-        x, y = self.empty_spot()
-        self.page.mouse.dblclick(x, y)
-        self.page.wait_for_function("document.activeElement && document.activeElement.tagName === 'INPUT'",
-                                    timeout=10_000)
+        page's shortcuts ("n" opens the node library) instead. A double click the page was not
+        ready for (a dialog or toast still settling) is repeated."""
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+        for attempt in range(4):
+            self.close_dialogs()
+            x, y = self.empty_spot()
+            self.page.mouse.dblclick(x, y)
+            try:
+                self.page.wait_for_function("document.activeElement?.tagName === 'INPUT'", timeout=3000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 3:
+                    raise
         self.page.keyboard.type(text, delay=20)
         time.sleep(1.5)
         selector = (".litesearchbox .lite-search-item" if self.legacy
