@@ -54,18 +54,38 @@ def check_sizes(fusion: FusionConfig, lm_layers: int, lm_dim: int, source: str):
 
 
 def refuse_hollow(tensors: dict, source: str):
-    """Refuse values that are not tensors, and tensors whose values are not all in the file: views
-    with a zero stride or a storage smaller than their size (a few bytes in the file could
-    otherwise claim gigabytes)."""
+    """Refuse values that are not tensors, and tensors that claim more values than the file stores
+    for them: a view repeating values (a zero or overlapping stride), or views of the same bytes
+    (copying them would turn a few bytes of the file into gigabytes). The bytes the tensors claim
+    must not exceed the bytes of the regions they view, counted once."""
     other = [f"{k} (a {type(t).__name__})" for k, t in tensors.items() if not isinstance(t, torch.Tensor)]
     if other:
         raise CheckpointError(f"{source}: {_some(other)} should be tensors")
-    hollow = [k for k, t in tensors.items()
-              if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape))
-              or t.untyped_storage().nbytes() < t.numel() * t.element_size()]
+    regions, claimed, hollow = [], 0, []
+    for key, t in tensors.items():
+        if not t.numel():
+            continue
+        size = t.element_size()
+        start = t.storage_offset() * size
+        end = start + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * size
+        if end > t.untyped_storage().nbytes() or end - start < t.numel() * size:
+            hollow.append(key)
+        regions.append((t.untyped_storage().data_ptr(), start, end, key))
+        claimed += t.numel() * size
     if hollow:
         raise CheckpointError(f"{source}: {_some(hollow)} are not tensors stored in the file (repeated or "
                               f"missing values behind a view); a real checkpoint stores every value")
+    covered, shared = 0, []
+    regions.sort()
+    reach = (None, 0)
+    for ptr, start, end, key in regions:
+        if ptr == reach[0] and start < reach[1]:
+            shared.append(key)
+        covered += max(0, end - max(start, reach[1] if ptr == reach[0] else start))
+        reach = (ptr, max(end, reach[1]) if ptr == reach[0] else end)
+    if claimed > covered:
+        raise CheckpointError(f"{source}: {_some(shared)} view the same bytes of the file as other tensors; a real "
+                              f"checkpoint stores each of these weights once")
 
 
 def check_tensors(tensors: dict, expected: dict[str, tuple], source: str, allow_extra: bool = False):

@@ -2,7 +2,7 @@
 code (or the exception that escaped), what it printed on stderr, its peak resident memory above
 what the process held when it started (Linux: the peak is reset before each), and its seconds.
 
-    python tests/hostile_runner.py cases.json results.json
+    python tests/hostile_runner.py cases.json results.jsonl
 """
 import contextlib
 import io
@@ -48,9 +48,10 @@ def main():
     import imgen_core.loader  # noqa: F401
     with open(sys.argv[1]) as f:
         cases = json.load(f)
-    results = {case["name"]: run(case) for case in cases}
-    with open(sys.argv[2], "w") as f:
-        json.dump(results, f)
+    with open(sys.argv[2], "w") as out:  # one line a case, written as it ends: a crash names its case
+        for case in cases:
+            out.write(json.dumps({"name": case["name"], **run(case)}) + "\n")
+            out.flush()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 import zipfile
 from pathlib import Path
 
@@ -218,3 +219,104 @@ def far_layer(state):
 
 def bytearray_payload(state):
     state["model.cp_transformer.gates"] = BigBytes()
+
+
+# ------------------------------------------------------------------ hand-written torch.save files
+
+class Pickle:
+    """A protocol-2 pickle written opcode by opcode, as a hostile file would be."""
+
+    def __init__(self):
+        self.out = bytearray(b"\x80\x02")
+
+    def raw(self, code: bytes) -> "Pickle":
+        self.out += code
+        return self
+
+    def text(self, s: str) -> "Pickle":
+        data = s.encode()
+        return self.raw(b"X" + struct.pack("<I", len(data)) + data)
+
+    def integer(self, n: int) -> "Pickle":
+        return self.raw(b"J" + struct.pack("<i", n))
+
+    def name(self, module: str, name: str) -> "Pickle":
+        return self.raw(b"c" + f"{module}\n{name}\n".encode())
+
+    def put(self, i: int) -> "Pickle":
+        return self.raw(b"q" + bytes([i]) if i < 256 else b"r" + struct.pack("<I", i))
+
+    def get(self, i: int) -> "Pickle":
+        return self.raw(b"h" + bytes([i]) if i < 256 else b"j" + struct.pack("<I", i))
+
+    def done(self) -> bytes:
+        return bytes(self.out + b".")
+
+
+def torch_archive(path: Path, pickles: dict[str, bytes], storages: dict[str, bytes] | None = None,
+                  folder: str = "archive") -> Path:
+    """A zip laid out as torch.save lays it out (stored entries under one folder), holding each
+    pickle under its name (torch.save writes one, `data.pkl`)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name, pickle in pickles.items():
+            z.writestr(f"{folder}/{name}", pickle)
+        z.writestr(f"{folder}/byteorder", "little")
+        for key, data in (storages or {}).items():
+            z.writestr(f"{folder}/data/{key}", data)
+        z.writestr(f"{folder}/version", "3\n")
+    return path
+
+
+def bytearray_pickle() -> bytes:
+    """{'state_dict': bytearray(3_000_000_000)}: 3 GB from a few bytes, if ever unpickled."""
+    return (Pickle().raw(b"}").text("state_dict").name("__builtin__", "bytearray")
+            .integer(2 ** 31 - 1).raw(b"\x85R").raw(b"s").done())
+
+
+def deep_tuple_key(depth: int = 200_000) -> bytes:
+    """A dict whose key is a tuple nested `depth` deep: hashing it overflows the C stack."""
+    return Pickle().raw(b"}").raw(b")" + b"\x85" * depth).integer(1).raw(b"s").done()
+
+
+def deep_list_value(depth: int = 200_000) -> bytes:
+    """{'x': [[[...]]]} nested `depth` deep."""
+    return Pickle().raw(b"}").text("x").raw(b"]" * depth + b"a" * (depth - 1)).raw(b"s").done()
+
+
+def codecs_bomb(megabytes: int = 1, times: int = 1_100_000) -> bytes:
+    """_codecs.encode called `times` on one memoized string of `megabytes`: each call copies it."""
+    p = Pickle().raw(b"}").text("x").raw(b"]").name("_codecs", "encode").put(0)
+    p.text("a" * (megabytes << 20)).text("latin1").raw(b"\x86").put(1).raw(b"Ra")
+    for _ in range(times):
+        p.get(0).get(1).raw(b"Ra")
+    return p.raw(b"s").done()
+
+
+def set_bomb(items: int = 100_000, times: int = 200_000) -> bytes:
+    """set(list) called `times` on one memoized list of `items` integers: each call copies it."""
+    p = Pickle().raw(b"}").text("x").raw(b"]").name("__builtin__", "set").put(0)
+    p.raw(b"](" + b"K\x01" * items + b"e\x85").put(1).raw(b"Ra")
+    for _ in range(times):
+        p.get(0).get(1).raw(b"Ra")
+    return p.raw(b"s").done()
+
+
+def punycode_pickle(kilobytes: int = 46) -> bytes:
+    """_codecs.encode(text, 'punycode'): quadratic in the text's length."""
+    return (Pickle().raw(b"}").text("x").name("_codecs", "encode").text("\u00e9a" * (kilobytes << 9))
+            .text("punycode").raw(b"\x86R").raw(b"s").done())
+
+
+def ordered_dict_of_pairs(pairs: int = 100_000) -> bytes:
+    """OrderedDict(list of pairs): a copy of every pair."""
+    p = Pickle().raw(b"}").text("x").name("collections", "OrderedDict").raw(b"](")
+    p.raw(b"K\x01K\x02\x86" * pairs).raw(b"e\x85R")
+    return p.raw(b"s").done()
+
+
+def shared_storage(state: dict):
+    """Every float tensor of a state becomes a view of one storage (the largest's size)."""
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+    store = torch.randn(max(v.numel() for v in tensors.values()), dtype=next(iter(tensors.values())).dtype)
+    for k, v in tensors.items():
+        state[k] = store[:v.numel()].view(v.shape)

@@ -10,15 +10,35 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import yaml
 
-from support import (REPO, adapter_with_metadata, base_with, bytearray_payload, deflated_pickle, far_layer,
-                     flac_claiming, hollow, integers_for_weights, official_with, resized, text_for_a_tensor,
-                     yaml_tag)
+from support import (REPO, adapter_with_metadata, base_with, bytearray_payload, bytearray_pickle, codecs_bomb,
+                     deep_list_value, deep_tuple_key, deflated_pickle, far_layer, flac_claiming, hollow,
+                     integers_for_weights, official_with, ordered_dict_of_pairs, punycode_pickle, resized,
+                     set_bomb, shared_storage, text_for_a_tensor, torch_archive, yaml_tag, Pickle)
 
 # Peak memory a refusal may take above what the process held before it: a bound that every case
 # meets with room to spare, and that the findings broke by far (3 to 9 GB each).
 PEAK_MB = 200
 SECONDS = 10
+
+
+def shared_layers(pkg):
+    """The base's config says 256 layers of width 512 (805 million weights, 1.6 GB in fp16); every
+    weight is a view of one storage of the largest's size (2 MB)."""
+    resized(num_layers=256, dim=512, num_heads=8)(pkg)
+    shapes = {}
+    for key, value in pkg["best_state"].items():
+        shape = list(value.shape)
+        if key.startswith("transformer.layers.0."):
+            for i in range(256):
+                shapes[key.replace("layers.0.", f"layers.{i}.")] = [512 if n == 64 else 2048 if n == 256 else 1536
+                                                                     if n == 192 else n for n in shape]
+        elif not key.startswith("transformer.layers."):
+            shapes[key] = [512 if n == 64 else n for n in shape]
+    store = torch.randn(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float16)
+    pkg["best_state"] = {k: store[:torch.Size(s).numel()].view(s) for k, s in shapes.items()}
 
 
 # name -> (finding, what the message must say)
@@ -40,6 +60,19 @@ EXPECTED = {
     "FLAC claiming 2**36 frames x 8 channels": (8, "declares 68719476735 frames x 8 channels"),
     "10 MB metadata value": (9, "is not an Instruct-MusicGen adapter"),
     "100 MB metadata value": (9, "its header is 99000"),
+    # the second review (findings 1-6 of its issue, numbered 21.x here)
+    "pickle stored as data.PKL": ("21.1", "torch.save writes exactly one, named archive/data.pkl"),
+    "data.PKL payload, then a benign data.pkl, as a base": ("21.1", "two entries named archive/data.pkl (in some case)"),
+    "200,000-deep tuple as a dictionary key": ("21.2", "uses a tuple as a dictionary key"),
+    "200,000-deep tuple key, as a base": ("21.2", "uses a tuple as a dictionary key"),
+    "200,000-deep nested lists": ("21.2", "nests containers more than 64 deep"),
+    "_codecs.encode of one 1 MB string 1.1 million times": ("21.3", "makes more than 8388608 bytes"),
+    "set() of one 100,000-item list 200,000 times": ("21.3", "builds more than 1000000 containers and entries"),
+    "OrderedDict of 100,000 pairs": ("21.3", "builds an OrderedDict from arguments"),
+    "_codecs.encode with punycode": ("21.4", "_codecs.encode with 'punycode'"),
+    "adapter tensors viewing one storage, converted": ("21.5", "view the same bytes of the file"),
+    "adapter tensors viewing one storage, as an adapter": ("21.5", "view the same bytes of the file"),
+    "256 base layers viewing one storage, trained on": ("21.6", "view the same bytes of the file"),
 }
 
 
@@ -66,6 +99,16 @@ def outcomes(tmp_path_factory, tiny_files):
         return {"name": name, "argv": ["convert", str(ckpt), "-o", str(out / "adapter.safetensors")]}
 
     hollow_ckpt = official_with(d / "hollow.ckpt", hollow)
+    shared_ckpt = official_with(d / "shared.ckpt", shared_storage)
+    benign = Pickle().raw(b"}").done()
+
+    def train_config(folder, base):
+        config = folder / "train.yaml"
+        config.write_text(yaml.safe_dump({"out_dir": str(out / "train"), "dataset_root": str(folder),
+                                          "dataset_layout": "folders", "base": str(base), "t5": tiny["t5"],
+                                          "encodec": tiny["encodec"], "device": "cpu"}))
+        return config
+
     cases = [
         convert("hollow view, converted", hollow_ckpt),
         edit("hollow view, as an adapter", adapter=hollow_ckpt),
@@ -89,13 +132,33 @@ def outcomes(tmp_path_factory, tiny_files):
              adapter=adapter_with_metadata(d / "meta10.safetensors", format="x" * 10_000_000)),
         edit("100 MB metadata value",
              adapter=adapter_with_metadata(d / "bigmeta.safetensors", format="x" * 99_000_000)),
+        convert("pickle stored as data.PKL", torch_archive(d / "upper.ckpt", {"data.PKL": bytearray_pickle()})),
+        edit("data.PKL payload, then a benign data.pkl, as a base",
+             base=torch_archive(d / "twice.bin", {"data.PKL": bytearray_pickle(), "data.pkl": benign})),
+        convert("200,000-deep tuple as a dictionary key", torch_archive(d / "key.ckpt", {"data.pkl": deep_tuple_key()})),
+        edit("200,000-deep tuple key, as a base", base=torch_archive(d / "key.bin", {"data.pkl": deep_tuple_key()})),
+        convert("200,000-deep nested lists", torch_archive(d / "deep.ckpt", {"data.pkl": deep_list_value()})),
+        convert("_codecs.encode of one 1 MB string 1.1 million times",
+                torch_archive(d / "codecs.ckpt", {"data.pkl": codecs_bomb()})),
+        convert("set() of one 100,000-item list 200,000 times", torch_archive(d / "set.ckpt", {"data.pkl": set_bomb()})),
+        convert("OrderedDict of 100,000 pairs", torch_archive(d / "pairs.ckpt", {"data.pkl": ordered_dict_of_pairs()})),
+        convert("_codecs.encode with punycode", torch_archive(d / "puny.ckpt", {"data.pkl": punycode_pickle()})),
+        convert("adapter tensors viewing one storage, converted", shared_ckpt),
+        edit("adapter tensors viewing one storage, as an adapter", adapter=shared_ckpt),
+        {"name": "256 base layers viewing one storage, trained on",
+         "argv": ["train", "--config", str(train_config(d, base_with(d / "shared.bin", tiny["base"], shared_layers)))]},
     ]
     assert [c["name"] for c in cases] == list(EXPECTED)
     song_bytes = song.read_bytes()
     (d / "cases.json").write_text(json.dumps(cases))
-    subprocess.run([sys.executable, str(REPO / "tests" / "hostile_runner.py"), str(d / "cases.json"),
-                    str(d / "results.json")], cwd=REPO, check=True, timeout=600)
-    results = json.loads((d / "results.json").read_text())
+    runner = subprocess.run([sys.executable, str(REPO / "tests" / "hostile_runner.py"), str(d / "cases.json"),
+                             str(d / "results.jsonl")], cwd=REPO, timeout=900, capture_output=True, text=True)
+    lines = (d / "results.jsonl").read_text().splitlines() if (d / "results.jsonl").exists() else []
+    results = {r.pop("name"): r for r in map(json.loads, lines)}
+    if runner.returncode:  # the case after the last one reported took the process down
+        crashed = next(c["name"] for c in cases if c["name"] not in results)
+        results[crashed] = {"code": f"crashed ({runner.returncode})", "stderr": runner.stderr[-2000:],
+                            "seconds": 0.0, "peak_mb": 0.0}
     for name, r in results.items():  # the table the closing notes quote
         print(f"{name:45s} exit {r['code']}  peak +{r['peak_mb']:6.1f} MB  {r['seconds']:5.2f} s")
     return {"results": results, "left": sorted(p.name for p in out.iterdir()),

@@ -1,0 +1,41 @@
+"""Mutated weight files: each must load or be refused with our error, in bounded time and
+memory, never crash or raise anything else (tests/fuzz_runner.py, in its own process so that a
+crash is seen)."""
+import json
+import subprocess
+import sys
+
+import torch
+
+from imgen_core.tiny import write_official_checkpoint
+from support import FIXTURE_NAMES, FIXTURES, REPO
+
+CASES = 4000
+SECONDS = 90
+
+
+def test_mutated_weight_files_load_or_are_refused(tmp_path, tiny_files):
+    official = tmp_path / "official.ckpt"
+    write_official_checkpoint(official, adapter_mb=0.2, extra_mb=0.1, dim=32, rank=4)
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 4)).sum().backward()
+    optimizer.step()
+    state = tmp_path / "trainer_state.pt"
+    torch.save({"step": 1, "optimizer": optimizer.state_dict(), "config": "{}"}, state)
+    sources = [tiny_files["base"], tiny_files["adapter"], official, state]
+    for name in FIXTURE_NAMES:
+        if (FIXTURES / name / "reference.pt").is_file():
+            sources += [FIXTURES / name / "base_state_dict.bin", FIXTURES / name / "instruct_checkpoint.ckpt"]
+    out = tmp_path / "fuzz.jsonl"
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "fuzz_runner.py"), "0", str(CASES), str(SECONDS),
+                          str(out), *map(str, sources)], capture_output=True, text=True, timeout=SECONDS + 120,
+                         cwd=REPO)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    failures = [r["failed"] for r in lines if isinstance(r.get("failed"), str)]
+    assert not failures, failures[0]
+    assert run.returncode == 0, (run.stderr[-2000:], lines[-1])  # a crash leaves its case started, unfinished
+    summary = lines[-1]
+    print(f"fuzz: {summary}")
+    assert summary["cases"] >= 1000 and summary["summary"]["refused"] > 0 and summary["summary"]["loaded"] > 0
+    assert summary["seconds"] < 10 and summary["peak_mb"] < 200
