@@ -82,6 +82,27 @@ def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_mod
             "lm_layers": str(lm_layers), "lm_dim": str(lm_dim), "source": source}
 
 
+def adapter_vocabulary(meta: dict, path) -> tuple[str, tuple[str, ...]]:
+    """(dialect, stems) of the instructions an adapter was trained with, from its metadata
+    (the dialect's stems when it names none)."""
+    from .instructions import DIALECTS, default_stems
+    dialect = meta.get("dialect", "slakh")
+    if dialect not in DIALECTS:
+        raise CheckpointError(f"adapter {path}: its metadata names the instruction dialect "
+                              f"{brief(repr(dialect), 60)}; known: {', '.join(DIALECTS)}")
+    if "stems" not in meta:
+        return dialect, tuple(default_stems(dialect))
+    try:
+        stems = json.loads(meta["stems"])
+    except (ValueError, RecursionError):
+        stems = None
+    if not (isinstance(stems, list) and 0 < len(stems) <= 64 and all(isinstance(s, str) and 0 < len(s) <= 64
+                                                                      for s in stems)):
+        raise CheckpointError(f"adapter {path}: its metadata's stems {brief(repr(meta['stems']), 80)} are not a "
+                              f"list of stem names")
+    return dialect, tuple(stems)
+
+
 def adapter_sizes(meta: dict, path) -> tuple[FusionConfig, int, int]:
     """The fusion config and LM sizes an adapter's metadata declares, bounded."""
     if meta.get("format") != ADAPTER_FORMAT:
@@ -121,6 +142,7 @@ class AdapterFile:
             with safe_open(str(self.path), framework="pt") as f:
                 self.meta = f.metadata() or {}
                 self.fusion, self.lm_layers, self.lm_dim = adapter_sizes(self.meta, self.path)
+                self.dialect, self.stems = adapter_vocabulary(self.meta, self.path)
                 layout = {k: (tuple(f.get_slice(k).get_shape()), _torch_dtype(f.get_slice(k).get_dtype()))
                           for k in f.keys()}
         except CheckpointError:

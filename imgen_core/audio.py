@@ -124,6 +124,8 @@ def resample(wav: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
     """[..., T] at sr_in -> [..., T'] at sr_out (soxr, high quality), T' = round(T * sr_out / sr_in)."""
     if sr_in == sr_out:
         return wav
+    if wav.shape[-1] == 0:
+        return wav.float()
     import soxr
     flat = wav.reshape(-1, wav.shape[-1]).double().numpy().T  # soxr takes [T, channels]
     out = soxr.resample(np.ascontiguousarray(flat), sr_in, sr_out, quality="HQ")
@@ -203,6 +205,8 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder; name the audio file to write")
     if path.exists() and not overwrite:
         raise about(FileExistsError(f"{path} already exists; it is replaced only when asked (overwrite)"), "overwrite")
     if not path.parent.is_dir():

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 import yaml
 
+from . import plain_text
 from .checkpoints import CheckpointError, brief, check_lm_sizes, refuse_hollow
 from .config import T5_WIDTHS, ConfigError, LMConfig
 from .safe_pickle import safe_load
@@ -52,9 +53,9 @@ def read_audiocraft_lm(path, dtype: torch.dtype | None = None) -> tuple[LMConfig
 def _config(cfg, path) -> LMConfig:
     if isinstance(cfg, str):
         try:
-            cfg = yaml.safe_load(cfg)  # plain YAML only: tags such as !!python/... are refused
-        except (yaml.YAMLError, RecursionError) as e:
-            raise CheckpointError(f"{path}: 'xp.cfg' is not plain YAML: {brief(e, 200)}") from None
+            cfg = plain_text.parse_yaml(cfg, "'xp.cfg'")  # no tags (!!python/...), no aliases, bounded depth
+        except ValueError as e:
+            raise CheckpointError(f"{path}: {brief(e, 300)}") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: 'xp.cfg' is a {type(cfg).__name__}, expected a YAML text or a dict")
     try:

@@ -1,7 +1,8 @@
 """Model configuration: the sizes of the MusicGen LM and of the fusion modules."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 
 # The width of each T5 that audiocraft's text conditioner may name (the LM's text projection input).
@@ -27,6 +28,11 @@ class LMConfig:
     max_period: float = 10_000.0
 
     def __post_init__(self):
+        _whole_numbers(self, ("dim", "num_heads", "num_layers", "n_q", "card", "hidden_scale", "text_dim"))
+        if not isinstance(self.delays, tuple) or not all(_whole(d) and d >= 0 for d in self.delays):
+            raise ConfigError(f"delays must be whole numbers of at least 0, got {_shown(self.delays)}")
+        if not (isinstance(self.max_period, (int, float)) and math.isfinite(self.max_period) and self.max_period > 1):
+            raise ConfigError(f"max_period must be a finite number above 1, got {_shown(self.max_period)}")
         if self.dim % self.num_heads:
             raise ConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if len(self.delays) != self.n_q:
@@ -85,6 +91,15 @@ class FusionConfig:
     lora_alpha: int = 64
     lora_targets: tuple[str, ...] = field(default=("q_proj", "v_proj"))
 
+    def __post_init__(self):
+        _whole_numbers(self, ("num_layers", "max_frames", "lora_rank"))
+        alpha = self.lora_alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+            raise ConfigError(f"lora_alpha must be a finite number above 0, got {_shown(alpha)}")
+        if not (isinstance(self.lora_targets, tuple) and self.lora_targets
+                and set(self.lora_targets) <= {"q_proj", "k_proj", "v_proj"}):
+            raise ConfigError(f"lora_targets must name some of q_proj, k_proj, v_proj, got {_shown(self.lora_targets)}")
+
     def start_layer(self, lm: LMConfig) -> int:
         if not 0 < self.num_layers <= lm.num_layers:
             raise ConfigError(f"fusion num_layers {self.num_layers} must be in 1..{lm.num_layers} "
@@ -98,6 +113,26 @@ class FusionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionConfig":
+        if not isinstance(d, dict) or not set(d) <= {f.name for f in fields(cls)}:
+            raise ConfigError(f"a fusion config must be a mapping of {', '.join(f.name for f in fields(cls))}")
         d = dict(d)
-        d["lora_targets"] = tuple(d.get("lora_targets", ("q_proj", "v_proj")))
+        targets = d.get("lora_targets", ("q_proj", "v_proj"))
+        d["lora_targets"] = tuple(targets) if isinstance(targets, (list, tuple)) else targets
         return cls(**d)
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _whole_numbers(cfg, names):
+    """Refuse sizes that are not whole numbers of at least 1 (a file's 2.0, "64" or 0)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if not _whole(value) or value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."

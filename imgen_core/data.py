@@ -8,7 +8,6 @@ dataset is deterministic and resumable without saving any sampler state.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -17,10 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import plain_text
 from .audio import AUDIO_SUFFIXES, resample
 from .instructions import OPERATIONS, phrase
 
 SAMPLE_RATE = 32000
+MAX_METADATA_BYTES = 1 << 20  # Slakh2100's metadata.yaml files are a few KB
 
 
 class DatasetError(ValueError):
@@ -34,27 +35,32 @@ class Song:
 
 
 def _add(song: Song, cls: str, path: Path):
+    """A stem file of a song, its header checked now, before any model loads."""
     if not path.is_file():
         raise DatasetError(f"missing stem file {path} (song {song.name}, class {cls})")
+    stem_seconds([path])
     song.stems.setdefault(cls, []).append(path)
 
 
 def read_slakh(root) -> list[Song]:
-    import yaml
     songs = []
     for meta_path in sorted(Path(root).glob("*/metadata.yaml")):
         track = meta_path.parent
-        try:
-            meta = yaml.safe_load(meta_path.read_text())
-        except yaml.YAMLError as e:
-            raise DatasetError(f"unreadable {meta_path}: {e}") from None
+        meta = _metadata(meta_path, plain_text.parse_yaml)
+        stems = meta.get("stems") or {}
+        if not isinstance(stems, dict):
+            raise DatasetError(f"{meta_path}: 'stems' is a {type(stems).__name__}; expected stem ids (S00, ...) "
+                               f"mapping to their information")
         song = Song(track.name)
-        for stem_id, info in sorted((meta.get("stems") or {}).items()):
-            if not info or info.get("audio_rendered") is False:
+        for stem_id, info in sorted(stems.items(), key=lambda item: str(item[0])):
+            if not info or (isinstance(info, dict) and info.get("audio_rendered") is False):
                 continue
+            if not isinstance(info, dict):
+                raise DatasetError(f"{meta_path}: stem {_shown(stem_id)} is described by a {type(info).__name__}, "
+                                   f"expected a mapping with inst_class")
             cls = str(info.get("inst_class", "")).strip().lower()
             if cls:
-                _add(song, cls, track / "stems" / f"{stem_id}.flac")
+                _add(song, cls, track / "stems" / f"{_file_name(stem_id, meta_path)}.flac")
         songs.append(song)
     return songs
 
@@ -63,19 +69,48 @@ def read_moisesdb(root) -> list[Song]:
     songs = []
     for meta_path in sorted(Path(root).glob("*/data.json")):
         track = meta_path.parent
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as e:
-            raise DatasetError(f"unreadable {meta_path}: {e}") from None
+        meta = _metadata(meta_path, plain_text.parse_json)
+        stems = meta.get("stems", [])
+        if not isinstance(stems, list) or not all(isinstance(s, dict) for s in stems):
+            raise DatasetError(f"{meta_path}: 'stems' must be a list of stems, each with stemName and tracks")
         song = Song(track.name)
-        for stem in meta.get("stems", []):
+        for stem in stems:
             cls = str(stem.get("stemName", "")).strip().lower()
             if not cls or cls == "vocals":  # vocals are dropped, as in the official recipe
                 continue
-            for t in stem.get("tracks", []):
-                _add(song, cls, track / cls / f"{t['id']}.{t.get('extension', 'wav')}")
+            tracks = stem.get("tracks", [])
+            if not isinstance(tracks, list) or not all(isinstance(t, dict) and "id" in t for t in tracks):
+                raise DatasetError(f"{meta_path}: every track of stem {_shown(cls)} needs an id")
+            for t in tracks:
+                name = f"{_file_name(t['id'], meta_path)}.{_file_name(t.get('extension', 'wav'), meta_path)}"
+                _add(song, cls, track / _file_name(cls, meta_path) / name)
         songs.append(song)
     return songs
+
+
+def _metadata(path: Path, parse) -> dict:
+    """A track's metadata file: bounded, plain, a mapping."""
+    try:
+        meta = parse(plain_text.read_file(path, "metadata", MAX_METADATA_BYTES), str(path))
+    except (ValueError, OSError) as e:
+        raise DatasetError(f"unreadable {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise DatasetError(f"{path} holds a {type(meta).__name__}; expected a mapping (stems: ...)")
+    return meta
+
+
+def _file_name(value, source: Path) -> str:
+    """A name from metadata used as a file or folder name: plain, never a path that could leave
+    the track's folder."""
+    name = str(value)
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or len(name) > 255:
+        raise DatasetError(f"{source}: {_shown(value)} is not a plain file name (metadata may not point outside "
+                           f"the dataset)")
+    return name
+
+
+def _shown(value) -> str:
+    return repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
 
 
 def read_stem_folders(root) -> list[Song]:
@@ -123,11 +158,18 @@ def load_crop(paths: list[Path], start_s: float, seconds: float) -> torch.Tensor
 
 
 def stem_seconds(paths: list[Path]) -> float:
+    """The shortest of the stems' durations; a stem without audio is refused, naming it."""
     import soundfile as sf
-    try:
-        return min(sf.info(str(p)).duration for p in paths)
-    except (RuntimeError, TypeError) as e:
-        raise DatasetError(f"corrupt or unreadable stem among {[str(p) for p in paths]}: {e}") from None
+    durations = []
+    for p in paths:
+        try:
+            info = sf.info(str(p))
+        except (RuntimeError, TypeError) as e:
+            raise DatasetError(f"corrupt or unreadable stem {p}: {' '.join(str(e).split())[:200]}") from None
+        if info.frames < 1 or info.samplerate < 1:
+            raise DatasetError(f"stem {p} holds no audio ({info.frames} frames)")
+        durations.append(info.frames / info.samplerate)
+    return min(durations)
 
 
 @dataclass

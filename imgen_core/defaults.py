@@ -20,10 +20,22 @@ DTYPE_CHOICES = ("auto", *FLOAT_DTYPES, "int8")
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto": the first GPU when there is one, else the CPU."""
+    """"auto": the first GPU when there is one, else the CPU. A device this machine does not have
+    is refused here, before anything is loaded onto it."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"unknown device {str(device)[:40]!r}; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (chosen.index or 0) >= count:
+            raise ValueError(f"there is no CUDA device {chosen.index or 0} here ({count} found); use auto or cpu"
+                             if count == 0 else f"there is no CUDA device {chosen.index} here (0 to {count - 1})")
+    elif chosen.type not in ("cpu", "mps", "xpu"):
+        raise ValueError(f"unsupported device {str(device)[:40]!r}; use auto, cpu, cuda or cuda:N")
+    return chosen
 
 
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

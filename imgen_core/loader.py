@@ -10,7 +10,6 @@ fp32 model plus a converted copy.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .adapter_file import AdapterFile
+from .adapter_file import AdapterFile, adapter_vocabulary
 from .audiocraft_lm import read_audiocraft_lm
 from .checkpoints import CheckpointError, brief, check_tensors
 from .codec import Codec
@@ -264,7 +263,9 @@ def load_parts(base, adapter, t5: str, encodec: str, *,
     codec.model.to(device)
     report("loading", 3, 3)
     if new_adapter is not None and adapter is None:
-        dialect, stems = new_adapter.dialect, new_adapter.stems
+        dialect, stems = new_adapter.dialect, tuple(new_adapter.stems or default_stems(new_adapter.dialect))
+    elif adapter is None:
+        dialect, stems = "slakh", default_stems("slakh")
     else:
-        dialect, stems = meta.get("dialect", "slakh"), json.loads(meta["stems"]) if "stems" in meta else None
-    return Parts(model, text_encoder, codec, dialect, tuple(stems or default_stems(dialect)))
+        dialect, stems = adapter_vocabulary(meta, adapter_file)
+    return Parts(model, text_encoder, codec, dialect, tuple(stems))

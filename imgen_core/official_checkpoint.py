@@ -115,6 +115,8 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
     dst = Path(dst)
     if Path(src).resolve() == dst.resolve():
         raise CheckpointError("the output path is the input checkpoint; choose another name")
+    if dst.is_dir():
+        raise FileExistsError(f"{dst} is a folder; name the adapter file to write (for example {dst / 'adapter.safetensors'})")
     if dst.exists() and not overwrite:
         raise about(FileExistsError(f"{dst} already exists; it is replaced only when asked (overwrite)"), "overwrite")
     if not dst.parent.is_dir():

@@ -11,6 +11,9 @@ from typing import Callable
 import torch
 
 Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [..., card] -> token ids [...]
+# No model has position tables for longer windows (checkpoints.MAX_FRAMES at 50 frames/s); the
+# model's own limit (the released one's: 10 s) is checked against it.
+MAX_WINDOW_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -37,8 +40,9 @@ class Sampling:
             raise ValueError(f"top_p must be in [0, 1] (0 disables it), got {self.top_p!r}")
         if self.guidance is not None and (not _real(self.guidance) or not self.guidance >= 0):
             raise ValueError(f"guidance must be a number >= 0, got {self.guidance!r}")
-        if not _real(self.window_seconds) or not self.window_seconds > 0:
-            raise ValueError(f"the window must be a positive number of seconds, got {self.window_seconds!r}")
+        if not _real(self.window_seconds) or not 0 < self.window_seconds <= MAX_WINDOW_SECONDS:
+            raise ValueError(f"the window must be more than 0 and at most {MAX_WINDOW_SECONDS} seconds, got "
+                             f"{self.window_seconds!r}")
         if not _real(self.overlap_seconds) or not 0 < self.overlap_seconds < self.window_seconds:
             raise ValueError(f"the overlap must be more than 0 and less than the window ({self.window_seconds} s), "
                              f"got {self.overlap_seconds!r}")

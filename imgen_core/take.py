@@ -16,6 +16,7 @@ from .instructions import OPERATIONS
 from .render import RENDER_MODES
 
 DEFAULT_FADE_SECONDS = 0.05
+MAX_FADE_SECONDS = 10.0
 # A time range is regenerated from this long before it (the model settles into the edit, as a
 # window does over its overlap) to a little after it (so decoding has no edge inside the fade).
 RANGE_CONTEXT_SECONDS = 2.0
@@ -88,8 +89,9 @@ def check_range(start: float | None, end: float | None, fade: float, seconds: fl
     """(start, end) within a song of `seconds`, start defaulting to 0 and end to the song's end."""
     start = 0.0 if start is None else float(start)
     end = seconds if end is None else float(end)
-    if not (math.isfinite(start) and math.isfinite(end) and math.isfinite(fade)) or fade < 0:
-        raise ValueError(f"start, end and fade must be finite seconds (fade at least 0), got {start}, {end}, {fade}")
+    if not (math.isfinite(start) and math.isfinite(end) and math.isfinite(fade)) or not 0 <= fade <= MAX_FADE_SECONDS:
+        raise ValueError(f"start, end and fade must be finite seconds (fade from 0 to {MAX_FADE_SECONDS}), got "
+                         f"{start:g}, {end:g}, {fade:g}")
     if not 0 <= start < end <= seconds + 1e-6:
         raise ValueError(f"the time range must satisfy 0 <= start < end <= {seconds:.2f} s (the song's length), "
                          f"got start {start:g} s, end {end:g} s")

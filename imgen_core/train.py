@@ -23,13 +23,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import defaults, ranks, train_state
+from . import defaults, plain_text, ranks, train_state
 from .audio import write_audio
-from .data import SAMPLE_RATE, TripletDataset, read_songs
+from .data import READERS, SAMPLE_RATE, TripletDataset, read_songs
 from .editor import Editor
 from .feed import TripletFeed
 from .files import append_line
-from .instructions import OPERATIONS, default_stems
+from .instructions import DIALECTS, OPERATIONS, default_stems
 from .loader import NewAdapter
 from .sampling import Sampling
 
@@ -67,19 +67,70 @@ class TrainConfig:
     device: str = "auto"
     cache_dir: str | None = None           # EnCodec codes of the crops, computed once and reused
 
+    def __post_init__(self):
+        """Every setting of the right kind and in range, so a bad config is refused at once."""
+        for name in ("out_dir", "dataset_root", "base", "t5", "encodec", "device"):
+            _setting(self, name, isinstance(getattr(self, name), str) and getattr(self, name), "a non-empty text")
+        for name in ("init_adapter", "cache_dir"):
+            _setting(self, name, getattr(self, name) is None or isinstance(getattr(self, name), str), "a text")
+        _setting(self, "dataset_layout", self.dataset_layout in READERS, f"one of {', '.join(READERS)}")
+        _setting(self, "dialect", self.dialect in DIALECTS, f"one of {', '.join(DIALECTS)}")
+        _setting(self, "precision", self.precision in ("fp32", "fp16", "bf16"), "fp32, fp16 or bf16")
+        _setting(self, "classes", isinstance(self.classes, list) and self.classes
+                 and all(isinstance(c, str) and c for c in self.classes), "a list of stem names")
+        _setting(self, "operations", isinstance(self.operations, list) and self.operations
+                 and all(op in OPERATIONS for op in self.operations), f"a list of {', '.join(OPERATIONS)}")
+        for name in ("steps", "batch_size", "grad_accum", "schedule_steps", "save_every", "log_every"):
+            _setting(self, name, _whole(getattr(self, name)) and getattr(self, name) >= 1, "a whole number >= 1")
+        for name in ("warmup_steps", "val_every", "val_samples", "num_workers"):
+            _setting(self, name, _whole(getattr(self, name)) and getattr(self, name) >= 0, "a whole number >= 0")
+        _setting(self, "seed", _whole(self.seed), "a whole number")
+        _setting(self, "fusion_layers", self.fusion_layers is None or (_whole(self.fusion_layers)
+                                                                       and self.fusion_layers >= 1),
+                 "empty or a whole number >= 1")
+        for name, low, high in (("seconds", 0, 30), ("lr", 0, 1), ("grad_clip", 0, math.inf)):
+            _setting(self, name, _real(getattr(self, name)) and low < getattr(self, name) <= high,
+                     f"a number above {low}" + (f" and at most {high}" if high < math.inf else ""))
+        _setting(self, "weight_decay", _real(self.weight_decay) and self.weight_decay >= 0, "a number >= 0")
+        _setting(self, "text_dropout", _real(self.text_dropout) and 0 <= self.text_dropout <= 1,
+                 "a number from 0 to 1")
+
     @classmethod
     def from_file(cls, path) -> "TrainConfig":
-        import yaml
-        text = Path(path).read_text()
-        data = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+        try:
+            text = plain_text.read_file(path, "training config", 1 << 20)
+            parse = plain_text.parse_yaml if Path(path).suffix in (".yaml", ".yml") else plain_text.parse_json
+            data = parse(text, str(path))
+        except OSError as e:
+            raise ValueError(f"cannot read the training config {path}: {e.strerror or e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} holds {'nothing' if data is None else 'a ' + type(data).__name__}; a training "
+                             f"config is a mapping of settings (out_dir: ..., dataset_root: ...)")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown settings {unknown}; known: {', '.join(sorted(known))}")
         missing = [n for n in ("out_dir", "dataset_root") if n not in data]
         if missing:
             raise ValueError(f"{path}: missing required settings {missing}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+
+
+def _setting(cfg: "TrainConfig", name: str, ok, accepted: str):
+    if not ok:
+        shown = repr(getattr(cfg, name))
+        raise ValueError(f"setting {name} must be {accepted}, got {shown if len(shown) <= 60 else shown[:60] + '...'}")
+
+
+def _whole(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
@@ -126,6 +177,12 @@ class Trainer:
         self.cfg, self.log = cfg, log
         self.rank, self.world = ranks.world()
         self.device = ranks.join(defaults.pick_device(cfg.device))
+        songs = read_songs(cfg.dataset_layout, cfg.dataset_root)  # a bad dataset is said before any model loads
+        per_step = cfg.batch_size * cfg.grad_accum * self.world
+        self.dataset = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed,
+                                      length=cfg.steps * per_step + 1024, dialect=cfg.dialect)
+        self.val = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed + 1_000_003,
+                                  length=max(1, cfg.val_samples), dialect=cfg.dialect)
         self.editor = editor or Editor.from_pretrained(
             cfg.base, cfg.init_adapter, cfg.t5, cfg.encodec, device="cpu", dtype="fp32", merge_lora=False,
             new_adapter=None if cfg.init_adapter else NewAdapter(cfg.fusion_layers, cfg.dialect, tuple(cfg.classes),
@@ -140,12 +197,6 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.schedule_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
-        songs = read_songs(cfg.dataset_layout, cfg.dataset_root)
-        per_step = cfg.batch_size * cfg.grad_accum * self.world
-        self.dataset = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed,
-                                      length=cfg.steps * per_step + 1024, dialect=cfg.dialect)
-        self.val = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed + 1_000_003,
-                                  length=max(1, cfg.val_samples), dialect=cfg.dialect)
         self.feed = TripletFeed(self.dataset, self.editor.codec, self.device, batch_size=cfg.batch_size,
                                 grad_accum=cfg.grad_accum, steps=cfg.steps, num_workers=cfg.num_workers,
                                 cache_dir=cfg.cache_dir, rank=self.rank, world=self.world)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ import soundfile as sf
 import torch
 import yaml
 
-from support import (REPO, adapter_with_metadata, base_with, bytearray_payload, bytearray_pickle, codecs_bomb,
+from support import (REPO, make_folders, make_moisesdb, make_slakh, adapter_with_metadata, base_with, bytearray_payload, bytearray_pickle, codecs_bomb,
                      deep_list_value, deep_tuple_key, deflated_pickle, far_layer, flac_claiming, hollow,
                      integers_for_weights, official_with, ordered_dict_of_pairs, punycode_pickle, resized,
                      set_bomb, shared_storage, text_for_a_tensor, torch_archive, yaml_tag, Pickle)
@@ -39,6 +40,50 @@ def shared_layers(pkg):
             shapes[key] = [512 if n == 64 else n for n in shape]
     store = torch.randn(max(torch.Size(s).numel() for s in shapes.values()), dtype=torch.float16)
     pkg["best_state"] = {k: store[:torch.Size(s).numel()].view(s) for k, s in shapes.items()}
+
+
+def billion_laughs(old: str) -> str:
+    """metadata.yaml whose aliases expand ten levels of ten: 10**10 values from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 10):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n" + old
+
+
+def dataset(root: Path, name: str, change) -> Path:
+    """A one-song Slakh set whose track's metadata file is changed by `change(text)`."""
+    make_slakh(root, songs=1, kinds=("Drums", "Bass"), seconds=1.0)
+    meta = root / "Track00000" / name
+    meta.write_text(change(meta.read_text()))
+    return root
+
+
+def moises(root: Path, change) -> Path:
+    """A one-song MoisesDB set whose first track is changed by `change(track)`."""
+    make_moisesdb(root, songs=1)
+    meta = root / "song-0" / "data.json"
+    data = json.loads(meta.read_text())
+    change(data["stems"][0]["tracks"][0])
+    meta.write_text(json.dumps(data))
+    return root
+
+
+def empty_stem(root: Path) -> Path:
+    make_slakh(root, songs=1, kinds=("Drums", "Bass"), seconds=1.0)
+    sf.write(str(root / "Track00000" / "stems" / "S01.wav"), np.zeros(0, dtype="float32"), 44100)
+    (root / "Track00000" / "stems" / "S01.flac").unlink()
+    (root / "Track00000" / "stems" / "S01.wav").rename(root / "Track00000" / "stems" / "S01.flac")
+    return root
+
+
+def text_delays(pkg):
+    cfg = yaml.safe_load(pkg["xp.cfg"])
+    cfg["codebooks_pattern"]["delay"]["delays"] = "0123"
+    pkg["xp.cfg"] = yaml.safe_dump(cfg)
+
+
+def deep_config(pkg):
+    pkg["xp.cfg"] = "transformer_lm: " + "[" * 100_000 + "]" * 100_000
 
 
 # name -> (finding, what the message must say)
@@ -73,6 +118,28 @@ EXPECTED = {
     "adapter tensors viewing one storage, converted": ("21.5", "view the same bytes of the file"),
     "adapter tensors viewing one storage, as an adapter": ("21.5", "view the same bytes of the file"),
     "256 base layers viewing one storage, trained on": ("21.6", "view the same bytes of the file"),
+    "YAML aliases (billion laughs) in a Slakh metadata.yaml, evaluated": ("21.7", "aliases are not accepted"),
+    "the same metadata, trained on": ("21.7", "aliases are not accepted"),
+    "adapter metadata num_layers 2.0": ("21.11", "num_layers must be a whole number of at least 1, got 2.0"),
+    "adapter metadata lora_alpha '64'": ("21.11", "lora_alpha must be a finite number above 0, got '64'"),
+    "adapter metadata lora_alpha 1e400": ("21.11", "lora_alpha must be a finite number above 0, got inf"),
+    "adapter metadata stems '5'": ("21.11", "are not a list of stem names"),
+    "base config num_heads 0": ("21.11", "num_heads must be a whole number of at least 1, got 0"),
+    "base config with delays as text": ("21.11", "delays must be whole numbers of at least 0"),
+    "base config nested 100,000 deep": ("21.11", "nests values more than 64 deep"),
+    "a list-shaped metadata.yaml": ("21.11", "holds a list; expected a mapping"),
+    "a MoisesDB track without an id": ("21.11", "needs an id"),
+    "a stem of 0 frames": ("21.11", "holds no audio (0 frames)"),
+    "an empty training config": ("21.11", "holds nothing; a training config is a mapping"),
+    "training config steps: many": ("21.11", "setting steps must be a whole number >= 1, got 'many'"),
+    "training config log_every: 0": ("21.11", "setting log_every must be a whole number >= 1, got 0"),
+    "--fade 1e308": ("21.11", "fade from 0 to 10"),
+    "--window 1e308": ("21.11", "window must be more than 0 and at most 60 seconds"),
+    "--overlap 1e308": ("21.11", "overlap must be more than 0 and less than the window"),
+    "--device bogus": ("21.11", "unknown device 'bogus'"),
+    "--device cuda:99": ("21.11", "there is no CUDA device 99 here"),
+    "convert -o <folder> --overwrite": ("21.11", "is a folder; name the adapter file to write"),
+    "a MoisesDB track id that is an absolute path": ("21.12", "is not a plain file name"),
 }
 
 
@@ -102,12 +169,26 @@ def outcomes(tmp_path_factory, tiny_files):
     shared_ckpt = official_with(d / "shared.ckpt", shared_storage)
     benign = Pickle().raw(b"}").done()
 
-    def train_config(folder, base):
-        config = folder / "train.yaml"
-        config.write_text(yaml.safe_dump({"out_dir": str(out / "train"), "dataset_root": str(folder),
-                                          "dataset_layout": "folders", "base": str(base), "t5": tiny["t5"],
-                                          "encodec": tiny["encodec"], "device": "cpu"}))
+    def train_config(folder, base=tiny["base"], layout="folders", text=None, name="train.yaml"):
+        config = folder / name
+        config.write_text(text if text is not None else yaml.safe_dump(
+            {"out_dir": str(out / "train"), "dataset_root": str(folder), "dataset_layout": layout, "base": str(base),
+             "t5": tiny["t5"], "encodec": tiny["encodec"], "device": "cpu"}))
         return config
+
+    def train(name, config):
+        return {"name": name, "argv": ["train", "--config", str(config)]}
+
+    def evaluate(name, data, layout="slakh"):
+        return {"name": name, "argv": ["eval", "--data", str(data), "--layout", layout, "--out", str(out / "eval"),
+                                       "--base", tiny["base"], "--adapter", tiny["adapter"], "--t5", tiny["t5"],
+                                       "--encodec", tiny["encodec"], "--offline"]}
+
+    def fusion(**sizes):
+        return json.dumps({"num_layers": 2, **sizes}).replace('"LORA_ALPHA"', "1e400")
+
+    laughs = dataset(d / "laughs", "metadata.yaml", billion_laughs)
+    plain = {"base": tiny["base"], "t5": tiny["t5"], "encodec": tiny["encodec"], "out_dir": str(out / "train")}
 
     cases = [
         convert("hollow view, converted", hollow_ckpt),
@@ -145,8 +226,40 @@ def outcomes(tmp_path_factory, tiny_files):
         convert("_codecs.encode with punycode", torch_archive(d / "puny.ckpt", {"data.pkl": punycode_pickle()})),
         convert("adapter tensors viewing one storage, converted", shared_ckpt),
         edit("adapter tensors viewing one storage, as an adapter", adapter=shared_ckpt),
-        {"name": "256 base layers viewing one storage, trained on",
-         "argv": ["train", "--config", str(train_config(d, base_with(d / "shared.bin", tiny["base"], shared_layers)))]},
+        train("256 base layers viewing one storage, trained on",
+              train_config(make_folders(d / "stems", songs=2, seconds=1.0),
+                           base_with(d / "shared.bin", tiny["base"], shared_layers))),
+        evaluate("YAML aliases (billion laughs) in a Slakh metadata.yaml, evaluated", laughs),
+        train("the same metadata, trained on", train_config(laughs, layout="slakh")),
+        edit("adapter metadata num_layers 2.0",
+             adapter=adapter_with_metadata(d / "float.safetensors", fusion=json.dumps({"num_layers": 2.0}))),
+        edit("adapter metadata lora_alpha '64'",
+             adapter=adapter_with_metadata(d / "alpha.safetensors", fusion=fusion(lora_alpha="64"))),
+        edit("adapter metadata lora_alpha 1e400",
+             adapter=adapter_with_metadata(d / "inf.safetensors", fusion=fusion(lora_alpha="LORA_ALPHA"))),
+        edit("adapter metadata stems '5'", adapter=adapter_with_metadata(d / "stems.safetensors", stems="5")),
+        edit("base config num_heads 0", base=base_with(d / "heads.bin", tiny["base"], resized(num_heads=0))),
+        edit("base config with delays as text", base=base_with(d / "delays.bin", tiny["base"], text_delays)),
+        edit("base config nested 100,000 deep", base=base_with(d / "nest.bin", tiny["base"], deep_config)),
+        evaluate("a list-shaped metadata.yaml", dataset(d / "list", "metadata.yaml", lambda old: "- 1\n- 2\n")),
+        evaluate("a MoisesDB track without an id", moises(d / "noid", lambda track: track.pop("id")), "moisesdb"),
+        evaluate("a stem of 0 frames", empty_stem(d / "empty")),
+        train("an empty training config", train_config(d, text="", name="empty.yaml")),
+        train("training config steps: many", train_config(d, text=yaml.safe_dump({**plain, "steps": "many",
+                                                                                 "dataset_root": str(d)}),
+                                                          name="many.yaml")),
+        train("training config log_every: 0", train_config(d, text=yaml.safe_dump({**plain, "log_every": 0,
+                                                                                  "dataset_root": str(d)}),
+                                                           name="zero.yaml")),
+        edit("--fade 1e308", extra=["--start", "0.5", "--fade", "1e308"]),
+        edit("--window 1e308", extra=["--window", "1e308"]),
+        edit("--overlap 1e308", extra=["--overlap", "1e308"]),
+        edit("--device bogus", extra=["--device", "bogus"]),
+        edit("--device cuda:99", extra=["--device", "cuda:99"]),
+        {"name": "convert -o <folder> --overwrite",
+         "argv": ["convert", str(hollow_ckpt), "-o", str(d), "--overwrite"]},
+        evaluate("a MoisesDB track id that is an absolute path",
+                 moises(d / "escape", lambda track: track.update(id=str(song.with_suffix("")))), "moisesdb"),
     ]
     assert [c["name"] for c in cases] == list(EXPECTED)
     song_bytes = song.read_bytes()
