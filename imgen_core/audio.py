@@ -196,6 +196,24 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
+def check_output(path: str | os.PathLike, overwrite: bool = False):
+    """Refuse an output that `write_audio` could not write, before any work is done for it: a
+    format it does not write, a missing or read-only folder, a folder in its place, a file there
+    already (unless `overwrite`)."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE_SUFFIXES:
+        raise AudioError(f"unsupported output extension {path.suffix!r} for {path.name}; use "
+                         f"{', '.join(WRITABLE_SUFFIXES)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"output folder is not writable: {path.parent}")
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a folder; name the audio file to write")
+    if path.exists() and not overwrite:
+        raise about(FileExistsError(f"{path} already exists; it is replaced only when asked (overwrite)"), "overwrite")
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False,
                 like: Recording | None = None):
     """Write [C, T] (or [T]) as WAV, FLAC or OGG (by extension); never replaces a file unless asked.
@@ -205,18 +223,11 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
     renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
-    if path.is_dir():
-        raise FileExistsError(f"{path} is a folder; name the audio file to write")
-    if path.exists() and not overwrite:
-        raise about(FileExistsError(f"{path} already exists; it is replaced only when asked (overwrite)"), "overwrite")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    check_output(path, overwrite)
     wav = wav.detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]
-    fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG"))).get(path.suffix.lower())
-    if fmt is None:
-        raise AudioError(f"unsupported output extension {path.suffix!r}; use {', '.join(WRITABLE_SUFFIXES)}")
+    fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG")))[path.suffix.lower()]
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
     data = wav.clamp(-1, 1).numpy().T
     if like is not None and like.subtype in _NATIVE and sf.check_format(fmt, like.subtype):

@@ -77,9 +77,31 @@ def _sampling(args):
                     window_seconds=args.window, overlap_seconds=args.overlap, seed=args.seed)
 
 
+def _output_rate(rate: str | None):
+    from .audio import MAX_RATE, MIN_RATE
+    if rate in (None, "model", "input"):
+        return rate
+    if not rate.isdigit() or not MIN_RATE <= int(rate) <= MAX_RATE:
+        raise ValueError(f"--rate takes model, input or a number of Hz from {MIN_RATE} to {MAX_RATE}, got {rate!r}")
+    return int(rate)
+
+
+def _check_model_settings(args, sampling):
+    """The instruction and the window against the adapter's own header, before anything loads
+    (when the adapter is on this machine; a download is checked once it is here)."""
+    from . import defaults, instructions
+    from .loader import adapter_summary
+    summary = adapter_summary(args.adapter)
+    if summary is None:
+        return
+    sampling.window_frames(defaults.FRAME_RATE, summary.max_frames)
+    if getattr(args, "op", None) is not None:
+        instructions.phrase(args.op, args.stem, summary.dialect, summary.stems)
+
+
 def cmd_edit(args) -> int:
     from . import ranks
-    from .audio import read_recording, write_audio
+    from .audio import check_audio, check_output, read_recording, write_audio
     from .batch import is_batch, plan
     from .defaults import pick_device
     from .editor import Editor
@@ -88,13 +110,15 @@ def cmd_edit(args) -> int:
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
         raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
     sampling = _sampling(args)
-    batch = args.batch = is_batch(args.input, args.output)
-    jobs = plan(args.input, args.output)
-    rate = args.rate if args.rate in (None, "model", "input") else int(args.rate)
+    rate = _output_rate(args.rate)
     ranged = args.start is not None or args.end is not None
     mode = render_mode(args.render, [args.op or operation_of(args.instruction)])
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
+    batch = args.batch = is_batch(args.input, args.output)
+    jobs = plan(args.input, args.output)
+    device = pick_device(args.device)
+    _check_model_settings(args, sampling)
 
     def check(rec):
         if ranged:
@@ -104,11 +128,14 @@ def cmd_edit(args) -> int:
     if not batch:
         if ranks.world()[1] > 1:
             raise ValueError("under torchrun, give several inputs or a folder and an output folder to share out")
-        if jobs[0][1].exists() and not args.overwrite:
-            raise FileExistsError(f"{jobs[0][1]} already exists; pass --overwrite to replace it")
+        check_output(jobs[0][1], args.overwrite)
         rec = read_recording(jobs[0][0])
         check(rec)
-    device = ranks.join(pick_device(args.device))
+        check_audio(rec.wav, rec.sample_rate, f"input {jobs[0][0].name}")
+    else:
+        _check_batch(jobs, args.overwrite, lambda rate_in: check_output_form(mode == "preserve" or ranged, rate,
+                                                                            args.channels, rate_in))
+    device = ranks.join(device)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None)
     text = editor.instruction(args.op, args.stem, args.instruction)
@@ -131,6 +158,30 @@ def cmd_edit(args) -> int:
     # many files: a file's result must not depend on how many processes share the run
     with ranks.fixed_threads(args.threads or ranks.REPRODUCIBLE_THREADS):
         return _edit_many(ranks.share(jobs), edit_one, args.overwrite)
+
+
+def _check_batch(jobs, overwrite: bool, check_form):
+    """What can be known of many files before anything loads: the outputs' folders writable, and
+    each input's header read (its rate checked against the output form). A file's samples are
+    read, and a silent one refused, only when its turn comes: the others still go on then."""
+    import os
+
+    import soundfile as sf
+
+    from .audio import AudioError
+    from .errors import about, setting_of
+    for folder in {dst.parent for _, dst in jobs}:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"output folder is not writable: {folder}")
+    for src, dst in jobs:
+        if dst.exists() and not overwrite:
+            continue  # done earlier: skipped
+        try:
+            check_form(sf.info(str(src)).samplerate)
+        except (RuntimeError, TypeError):
+            continue  # unreadable: reported in its turn, the others go on
+        except AudioError as e:
+            raise about(AudioError(f"{src.name}: {e}"), setting_of(e)) from None
 
 
 def _edit_many(jobs, edit_one, overwrite: bool) -> int:
@@ -234,6 +285,7 @@ def cmd_eval(args) -> int:
     from .defaults import pick_device
     from .editor import Editor
     from .evaluate import RESULT_FILES, EvalSettings, evaluate, markdown
+    from .files import check_writable_folder
     skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
     if any(m not in eval_models.METRIC_MODELS for m in skip):
         raise ValueError(f"--skip takes a comma-separated list of {', '.join(eval_models.METRIC_MODELS)}; "
@@ -244,6 +296,8 @@ def cmd_eval(args) -> int:
                             **({} if args.threads is None else {"threads": args.threads}))
     songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
     out = Path(args.out)
+    _check_model_settings(args, settings.sampling)
+    check_writable_folder(out)
     device = ranks.join(pick_device(args.device))
     # every process looks before any writes, and all follow what the first one saw
     written = ranks.gather([n for n in RESULT_FILES if (out / n).exists()])[0]
@@ -391,10 +445,14 @@ def main(argv=None) -> int:
     from .errors import setting_of
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, AudioError, CheckpointError, ConfigError, DatasetError,
-            ValueError) as e:
+    except (FileNotFoundError, FileExistsError, PermissionError, AudioError, CheckpointError, ConfigError,
+            DatasetError, ValueError) as e:
         hint = HINTS.get(setting_of(e))
         print(f"imgen {args.command}: error: {e}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk or the system said no (full, read-only, too many files...)
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"imgen {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         kept = " (the files finished are kept: rerun to continue)" if getattr(args, "batch", False) else ""

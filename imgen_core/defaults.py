@@ -13,6 +13,10 @@ ADAPTER = "ldzhangyx/instruct-MusicGen"
 T5 = "t5-base"
 ENCODEC = "facebook/encodec_32khz"
 
+# EnCodec 32 kHz codes 50 frames a second: what settings in seconds are checked against before the
+# codec itself is loaded (it then decides).
+FRAME_RATE = 50
+
 FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # What a user may ask for: a float dtype, or int8 weights with activations in the dtype
 # quant.int8_activation_dtype picks (fp16 on CUDA, fp32 for fbgemm on the CPU).

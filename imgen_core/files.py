@@ -37,3 +37,20 @@ def append_line(path, line: str):
         raise e
     with os.fdopen(fd, "a") as f:
         f.write(line + "\n")
+
+
+def check_writable_folder(folder) -> Path:
+    """Refuse (one line) a folder that results could not be written to, before any work is done
+    for them: a file in its place, or no right to write it or to create it. Nothing is created."""
+    folder = Path(folder).absolute()
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} is a file; name a folder for the results")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise FileExistsError(f"{existing} is a file, so {folder} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{'folder is not writable' if existing == folder else 'cannot create folders in'}: "
+                              f"{existing}")
+    return folder

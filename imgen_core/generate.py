@@ -20,6 +20,10 @@ from .sampling import Sampler, Sampling
 
 UNKNOWN = -1
 
+
+class NonFiniteScores(ValueError):
+    """The model's scores became NaN or infinite: the tokens drawn from them would mean nothing."""
+
 Step = Callable[[int], None]  # decides column `offset` of the sequence from the columns before it
 
 
@@ -35,6 +39,7 @@ class Decoding:
     adapters: dict
     guidance: float | None  # classifier-free guidance coefficient; None: no null rows
     start: int  # the first column to sample (earlier ones are the prompt's)
+    finite: torch.Tensor  # [] bool on the device: every step's scores were finite (checked after the window)
 
     @property
     def steps(self) -> int:
@@ -76,7 +81,8 @@ def prepare(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.
     return Decoding(seq=pattern.build_sequence(gen_codes, cfg.delays, cfg.special_token),
                     valid=pattern.valid_mask(frames, cfg.delays, device), special=cfg.special_token,
                     cross_kv=model.lm.cross_keys_values(text_cond), adapters=adapters, guidance=guidance,
-                    start=prompt_frames + 1)  # step `start` holds frame `prompt_frames` of codebook 0
+                    start=prompt_frames + 1,  # step `start` holds frame `prompt_frames` of codebook 0
+                    finite=torch.ones((), dtype=torch.bool, device=device))
 
 
 def take_step(lm, d: Decoding, sampler: Sampler, pos: torch.Tensor, kv_len: int):
@@ -91,6 +97,7 @@ def take_step(lm, d: Decoding, sampler: Sampler, pos: torch.Tensor, kv_len: int)
     if d.guidance is not None:
         cond, uncond = logits.chunk(2, dim=0)
         logits = uncond + (cond - uncond) * d.guidance
+    d.finite.logical_and_(torch.isfinite(logits).all())
     col = pos[-1:] + 1
     nxt = torch.where(d.valid.index_select(1, col)[None, :, 0], sampler(logits), d.special)
     cur = d.seq.index_select(2, col)[..., 0]
@@ -192,4 +199,7 @@ def generate(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch
     finally:
         del step  # a captured graph holds memory from the cache's pool
         lm.clear_cache()
+    if not bool(d.finite):
+        raise NonFiniteScores("the model's scores became NaN or infinite while generating: its weights overflow "
+                              f"in {str(model.dtype).removeprefix('torch.')} or are broken (try fp32)")
     return pattern.revert_sequence(d.seq, model.lm_cfg.delays, cond_codes.shape[-1])

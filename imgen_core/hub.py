@@ -11,6 +11,12 @@ def offline_default() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def is_repo_id(spec) -> bool:
+    """Whether a spec that is no local path reads as a Hugging Face repo id (owner/name)."""
+    spec = str(spec)
+    return spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
+
+
 def resolve_file(spec: str | os.PathLike, filename: str, what: str, offline: bool | None = None) -> Path:
     """`spec` is a file, a folder holding `filename`, or a Hugging Face repo id holding it."""
     path = Path(spec).expanduser()
@@ -21,7 +27,7 @@ def resolve_file(spec: str | os.PathLike, filename: str, what: str, offline: boo
             return path / filename
         raise FileNotFoundError(f"{what}: no {filename} in folder {path}")
     spec = str(spec)
-    if spec.count("/") != 1 or spec.startswith((".", "/", "~")):
+    if not is_repo_id(spec):
         raise FileNotFoundError(f"{what}: {spec} is neither a file, a folder, nor a Hugging Face repo id "
                                 f"(owner/name)")
     from huggingface_hub import hf_hub_download

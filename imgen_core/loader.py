@@ -25,10 +25,10 @@ from .codec import Codec
 from .config import FusionConfig, LMConfig
 from .defaults import pick_device, pick_dtype
 from .fusion import merged_lora_weight
-from .hub import resolve_file
+from .hub import is_repo_id, resolve_file
 from .instructions import default_stems
 from .model import InstructMusicGen
-from .official_checkpoint import convert_official, is_official_checkpoint
+from .official_checkpoint import convert_official, is_official_checkpoint, official_fusion_config
 from .quant import pack_for_cpu, quantize_weight, swap_to_int8
 from .text import TextEncoder
 
@@ -89,21 +89,55 @@ def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] |
     raise PermissionError(f"cannot write the converted adapter in any of {', '.join(map(str, candidates))}")
 
 
-def resolve_adapter(spec, offline: bool | None = None, convert_into: Iterable | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
-    """Our safetensors adapter as is; the official checkpoint (a file, a folder holding it, or a
-    hub repo) converted once and cached in the first writable of `convert_into`."""
+def adapter_file_of(spec, offline: bool | None = None) -> Path:
+    """The file an adapter spec names: the file itself, the adapter in a folder, or a hub repo's
+    finetuned.ckpt (downloaded once; with `offline`, only from the cache)."""
     path = Path(spec).expanduser()
     if path.is_dir():
         found = [path / n for n in ("adapter.safetensors", "finetuned.ckpt") if (path / n).is_file()]
         if not found:
             raise FileNotFoundError(f"Instruct-MusicGen adapter: no adapter.safetensors or finetuned.ckpt in {path}")
-        path = found[0]
-    elif not path.is_file():
-        path = resolve_file(spec, "finetuned.ckpt", "Instruct-MusicGen checkpoint", offline)
+        return found[0]
+    if path.is_file():
+        return path
+    return resolve_file(spec, "finetuned.ckpt", "Instruct-MusicGen checkpoint", offline)
+
+
+def resolve_adapter(spec, offline: bool | None = None, convert_into: Iterable | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> Path:
+    """Our safetensors adapter as is; the official checkpoint (a file, a folder holding it, or a
+    hub repo) converted once and cached in the first writable of `convert_into`."""
+    path = adapter_file_of(spec, offline)
     if is_official_checkpoint(path):
         path = converted_adapter(path, convert_into, progress)
     return path
+
+
+@dataclass(frozen=True)
+class AdapterSummary:
+    """What an adapter says of itself, read without loading any weight: the instructions it was
+    trained with and the longest window it has positions for."""
+
+    dialect: str
+    stems: tuple[str, ...]
+    max_frames: int
+
+
+def adapter_summary(spec) -> AdapterSummary | None:
+    """The summary of the adapter a spec names when it is on this machine (its header, or the
+    official checkpoint's pickle, is read; no weight); None when it would first have to be
+    downloaded. Used to check an edit's settings before anything is loaded."""
+    try:
+        path = adapter_file_of(spec, offline=True)
+    except FileNotFoundError:
+        if Path(spec).expanduser().exists() or not is_repo_id(spec):
+            raise
+        return None  # a hub repo not downloaded yet
+    if is_official_checkpoint(path):
+        fusion = official_fusion_config(path)
+        return AdapterSummary("slakh", tuple(default_stems("slakh")), fusion.max_frames)
+    adapter = AdapterFile(path)
+    return AdapterSummary(adapter.dialect, adapter.stems, adapter.fusion.max_frames)
 
 
 def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, device="cpu",
@@ -141,9 +175,9 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     for key in [k for k in given if _unwrapped(k) in from_adapter]:
         del given[key]  # the adapter's q/k/v bases replace the base's: the official model runs with them
     check_tensors(given, {k: s for k, s in shapes.items() if _unwrapped(k) not in from_adapter}, source)
-    state = _materialise(given, dtype, device, quantized)
+    state = _materialise(given, dtype, device, quantized, source)
     if opened is not None:
-        state.update(_materialise(_adapter_state(opened, merge), dtype, device, quantized))
+        state.update(_materialise(_adapter_state(opened, merge), dtype, device, quantized, f"adapter {adapter}"))
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     fresh = [k for k in missing if k.startswith("fusion.") or ".lora_" in k]
     if unexpected or len(fresh) != len(missing) or (fresh and new_adapter is None):
@@ -161,19 +195,24 @@ def _unwrapped(name: str) -> str:
     return name.replace(".base_layer.weight", ".weight")
 
 
-def _materialise(tensors, dtype: torch.dtype, device: torch.device, quantized: dict[str, str]) -> dict:
+def _materialise(tensors, dtype: torch.dtype, device: torch.device, quantized: dict[str, str],
+                 source: str) -> dict:
     """Each tensor of a dict or (name, tensor) stream in its final form: on `device`, floats in
     `dtype`, the weights named in `quantized` as int8 with their scales. Each source is dropped
-    as soon as it is converted, so the peak is the result plus one tensor."""
+    as soon as it is converted, so the peak is the result plus one tensor. A weight that becomes
+    infinite in its dtype (1e30 in fp16) is refused, naming it."""
     out = {}
     items = _drain(tensors) if isinstance(tensors, dict) else tensors
     for key, t in items:
         if key in quantized:
             weight, scale = quantize_weight(t)
             out[quantized[key] + ".weight_int8"] = weight.to(device)
-            out[quantized[key] + ".scale"] = scale.to(device=device, dtype=dtype)
+            out[quantized[key] + ".scale"] = done = scale.to(device=device, dtype=dtype)
         else:
-            out[key] = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+            out[key] = done = t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+        if done.is_floating_point() and not torch.isfinite(done).all():
+            raise CheckpointError(f"{source}: {key} holds values beyond what {str(dtype).removeprefix('torch.')} can "
+                                  f"hold (they become infinite); load it in a wider dtype (fp32)")
         del t
     return out
 

@@ -75,6 +75,16 @@ def fusion_config_of(tensors: dict[str, torch.Tensor], source: str, lora_alpha: 
     return cfg, max(layers) + 1, pos.shape[2]
 
 
+def official_fusion_config(path) -> FusionConfig:
+    """The fusion sizes of an official checkpoint, from its pickle and its tensors' shapes (no
+    weight is read)."""
+    ckpt = safe_load(path, OFFICIAL_GLOBALS, what="Instruct-MusicGen checkpoint")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no 'state_dict': not a Lightning checkpoint")
+    return fusion_config_of(official_adapter_tensors(state), str(path))[0]
+
+
 def read_official_checkpoint(path) -> tuple[FusionConfig, dict[str, torch.Tensor], dict]:
     """The official Lightning checkpoint -> (fusion config, adapter tensors, info). Memory-mapped:
     the rest of the checkpoint (the whole LM, the optimizer state) is never read."""

@@ -14,6 +14,7 @@ Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [..., card] -> token 
 # No model has position tables for longer windows (checkpoints.MAX_FRAMES at 50 frames/s); the
 # model's own limit (the released one's: 10 s) is checked against it.
 MAX_WINDOW_SECONDS = 60
+MIN_TEMPERATURE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class Sampling:
     seed: int = 0                 # the edit's random generator starts from it
 
     def __post_init__(self):
-        if not _real(self.temperature) or not self.temperature >= 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 is greedy), got {self.temperature!r}")
+        if not _real(self.temperature) or not (self.temperature == 0 or self.temperature >= MIN_TEMPERATURE):
+            raise ValueError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE} (smaller ones overflow the "
+                             f"scores; they are greedy in effect), got {self.temperature!r}")
         if not _whole(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}")
         if not _real(self.top_p) or not 0.0 <= self.top_p <= 1.0:

@@ -28,7 +28,7 @@ from .audio import write_audio
 from .data import READERS, SAMPLE_RATE, TripletDataset, read_songs
 from .editor import Editor
 from .feed import TripletFeed
-from .files import append_line
+from .files import append_line, check_writable_folder
 from .instructions import DIALECTS, OPERATIONS, default_stems
 from .loader import NewAdapter
 from .sampling import Sampling
@@ -178,6 +178,7 @@ class Trainer:
         self.rank, self.world = ranks.world()
         self.device = ranks.join(defaults.pick_device(cfg.device))
         songs = read_songs(cfg.dataset_layout, cfg.dataset_root)  # a bad dataset is said before any model loads
+        self.out = check_writable_folder(cfg.out_dir)
         per_step = cfg.batch_size * cfg.grad_accum * self.world
         self.dataset = TripletDataset(songs, cfg.classes, cfg.seconds, cfg.operations, cfg.seed,
                                       length=cfg.steps * per_step + 1024, dialect=cfg.dialect)
@@ -197,11 +198,10 @@ class Trainer:
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.schedule_steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.step = 0
+        self.out.mkdir(parents=True, exist_ok=True)
         self.feed = TripletFeed(self.dataset, self.editor.codec, self.device, batch_size=cfg.batch_size,
                                 grad_accum=cfg.grad_accum, steps=cfg.steps, num_workers=cfg.num_workers,
                                 cache_dir=cfg.cache_dir, rank=self.rank, world=self.world)
-        self.out = Path(cfg.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
 
     def precompute(self, progress: Callable[[int, int], None] | None = None) -> int:
         """The pre-encoding pass: every sample of the run (this rank's share) into the code cache."""

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -229,3 +230,38 @@ def test_option_defaults_are_the_librarys():
     assert (tuple(run.ops.split(",")), run.seconds, run.render) == (settings.operations, settings.seconds,
                                                                    settings.render)
     assert settings.sampling == Sampling()
+
+
+def test_output_and_option_errors_come_before_the_model_loads(tmp_path, tiny_files, stereo_wav, capsys, monkeypatch):
+    """Each of these is refused before any weight is read: with real weights on a CPU, an error
+    found after the model loaded (or after every window was generated) costs hours."""
+    import os
+
+    from imgen_core.editor import Editor
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+    monkeypatch.setattr(Editor, "from_pretrained", never)
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, torch.zeros(2, 44100), 44100)
+    unwritable = Path("/proc/1") if os.geteuid() == 0 else tmp_path / "locked"  # root may write anywhere else
+    if unwritable != Path("/proc/1"):
+        unwritable.mkdir()
+        unwritable.chmod(0o555)
+    out = str(tmp_path / "out.wav")
+    cases = [(["-o", str(tmp_path / "missing" / "out.wav")], "output folder does not exist"),
+             (["-o", str(unwritable / "out.wav")], "output folder is not writable"),
+             (["-o", str(tmp_path / "out.mp3")], "unsupported output extension '.mp3'"),
+             (["-o", out, "--render", "model", "--rate", "3"], "--rate takes model, input or a number of Hz"),
+             (["-o", out, "--stem", "vocals"], "unknown stem 'vocals' for this checkpoint"),
+             (["-o", out, "--window", "20"], "window must be from 0.04 to 10 s for this model"),
+             (["-o", out, "--start", "0.5", "--rate", "48000"], "--rate and --channels apply to --render model"),
+             (["-o", out, "--device", "cuda:99"], "there is no CUDA device 99 here")]
+    for extra, says in cases:
+        argv = ["edit", str(stereo_wav), "--op", "remove", "--stem", "drums", *tiny_args(tiny_files), *extra]
+        assert main(argv) == 2, says
+        err = capsys.readouterr().err
+        assert says in err and "the model was loaded" not in err, (says, err)
+    assert main(["edit", str(silent), "--op", "remove", "--stem", "drums", "-o", out, *tiny_args(tiny_files)]) == 2
+    assert "is silent" in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -76,6 +76,17 @@ def empty_stem(root: Path) -> Path:
     return root
 
 
+def huge_weight(path: Path, adapter: str) -> Path:
+    """The tiny adapter with one weight of 1e30: finite in fp32, infinite in fp16."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(adapter, "pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["fusion.merge_linear.0.weight"][0, 0] = 1e30
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
 def text_delays(pkg):
     cfg = yaml.safe_load(pkg["xp.cfg"])
     cfg["codebooks_pattern"]["delay"]["delays"] = "0123"
@@ -140,6 +151,10 @@ EXPECTED = {
     "--device cuda:99": ("21.11", "there is no CUDA device 99 here"),
     "convert -o <folder> --overwrite": ("21.11", "is a folder; name the adapter file to write"),
     "a MoisesDB track id that is an absolute path": ("21.12", "is not a plain file name"),
+    "adapter metadata lora_alpha NaN": ("21.10", "lora_alpha must be a finite number above 0, got nan"),
+    "an adapter weight of 1e30 loaded in fp16": ("21.10", "holds values beyond what float16 can hold"),
+    "--guidance inf": ("21.10", "guidance must be a number >= 0, got inf"),
+    "--temperature 1e-300": ("21.10", "temperature must be 0 (greedy) or at least 0.001"),
 }
 
 
@@ -260,6 +275,13 @@ def outcomes(tmp_path_factory, tiny_files):
          "argv": ["convert", str(hollow_ckpt), "-o", str(d), "--overwrite"]},
         evaluate("a MoisesDB track id that is an absolute path",
                  moises(d / "escape", lambda track: track.update(id=str(song.with_suffix("")))), "moisesdb"),
+        edit("adapter metadata lora_alpha NaN",
+             adapter=adapter_with_metadata(d / "nan.safetensors", fusion=fusion(lora_alpha="LORA_ALPHA").replace(
+                 "1e400", "NaN"))),
+        edit("an adapter weight of 1e30 loaded in fp16", adapter=huge_weight(d / "huge.safetensors", tiny["adapter"]),
+             extra=["--dtype", "fp16"]),
+        edit("--guidance inf", extra=["--guidance", "inf"]),
+        edit("--temperature 1e-300", extra=["--temperature", "1e-300"]),
     ]
     assert [c["name"] for c in cases] == list(EXPECTED)
     song_bytes = song.read_bytes()

@@ -87,3 +87,17 @@ def test_codes_out_of_range_are_refused():
     model = tiny_model(seed=0)
     with pytest.raises(ValueError, match="code ids in 0..63"):
         generate(model, torch.full((1, 4, 5), 64), torch.zeros(1, 3, TINY_LM.dim))
+
+
+def test_scores_that_become_infinite_stop_generation_with_a_clear_error():
+    """Weights that overflow at run time (here an output head of 1e38) make every token 0 in
+    silence unless checked: generation stops and says why."""
+    from imgen_core.generate import NonFiniteScores
+    model = tiny_model(seed=0)
+    with torch.no_grad():
+        model.lm.linears[0].weight.fill_(1e38)
+    cond = torch.randint(0, TINY_LM.card, (1, 4, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NonFiniteScores, match="scores became NaN or infinite"):
+        generate(model, cond, torch.randn(1, 3, TINY_LM.dim), generator=torch.Generator().manual_seed(0))
+    model = tiny_model(seed=0)  # the check does not fire on a sound model
+    assert generate(model, cond, torch.randn(1, 3, TINY_LM.dim)).shape == (1, 4, 8)

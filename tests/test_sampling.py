@@ -5,8 +5,9 @@ from imgen_core.sampling import Sampling, sample
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"temperature": -1.0}, "temperature must be a number >= 0"),
-    ({"temperature": float("nan")}, "temperature must be a number >= 0"),
+    ({"temperature": -1.0}, "temperature must be 0 .greedy. or at least 0.001"),
+    ({"temperature": float("nan")}, "temperature must be 0"),
+    ({"temperature": 1e-300}, "temperature must be 0 .greedy. or at least 0.001"),
     ({"top_k": -3}, "top_k must be an integer >= 0"),
     ({"top_k": 2.5}, "top_k must be an integer >= 0"),
     ({"top_p": 1.5}, r"top_p must be in \[0, 1\]"),
