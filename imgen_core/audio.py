@@ -26,16 +26,22 @@ class AudioError(ValueError):
 
 @dataclass
 class Recording:
-    """An audio file as read: float samples [C, T] for processing, and the samples as stored
-    (`native`, [T, C], int16 / int32 / float32 / float64) so that what is not changed can be
-    written back bit for bit, in the file's `subtype` (libsndfile's name, e.g. PCM_16)."""
+    """An audio file as read: float samples [C, T] for processing, in the file's `subtype`
+    (libsndfile's name, e.g. PCM_16), so that what is not changed can be written back bit for
+    bit. Where float32 holds the stored values exactly (8-, 16- and 24-bit, float) they are the
+    float samples themselves; otherwise (32-bit integers, doubles) `native` [T, C] keeps them."""
 
     wav: torch.Tensor
     sample_rate: int
     subtype: str
-    native: np.ndarray
+    native: np.ndarray | None = None
 
 
+# Samples converted, written, checked or resampled this many at a time: memory stays a few tens
+# of MB above the signals themselves, whatever their length.
+CHUNK = 1 << 20
+# Stored types that float32 does not hold exactly: kept as stored.
+_INEXACT = ("PCM_32", "DOUBLE")
 # How each stored sample type is read exactly: the numpy type, and the scale to [-1, 1).
 _NATIVE = {"PCM_S8": (np.int16, 2 ** 15), "PCM_U8": (np.int16, 2 ** 15), "PCM_16": (np.int16, 2 ** 15),
            "PCM_24": (np.int32, 2 ** 31), "PCM_32": (np.int32, 2 ** 31),
@@ -57,12 +63,23 @@ def read_recording(path: str | os.PathLike) -> Recording:
                     f"{MAX_CHANNELS} channels and {MAX_VALUES} samples in all are read (about {_minutes()} "
                     f"minutes of 48 kHz stereo): cut the file into parts")
             kind, scale = _NATIVE.get(f.subtype, (np.float32, 1))
-            native = f.read(frames=f.frames, dtype=np.dtype(kind).name, always_2d=True)
             sr, subtype = f.samplerate, f.subtype
+            wav = torch.empty(f.channels, f.frames)
+            native = np.empty((f.frames, f.channels), dtype=kind) if subtype in _INEXACT else None
+            done = 0
+            while done < f.frames:  # a chunk at a time: no whole-file temporaries
+                block = f.read(frames=min(CHUNK, f.frames - done), dtype=np.dtype(kind).name, always_2d=True)
+                if not len(block):
+                    break
+                wav[:, done:done + len(block)] = torch.from_numpy(block.T.astype(np.float32)) / scale
+                if native is not None:
+                    native[done:done + len(block)] = block
+                done += len(block)
+            if done < f.frames:  # the header promised more than the file holds
+                wav, native = wav[:, :done].clone(), None if native is None else native[:done].copy()
     except (RuntimeError, TypeError) as e:  # libsndfile errors are RuntimeErrors
         raise AudioError(f"cannot decode {path} as audio ({e}); readable formats: "
                          f"{', '.join(sorted(sf.available_formats()))}") from None
-    wav = torch.from_numpy(np.ascontiguousarray(native.T)).float() / scale
     return Recording(wav, int(sr), subtype, native)
 
 
@@ -114,22 +131,38 @@ def check_audio(wav: torch.Tensor, sample_rate: int, what: str = "input audio"):
                          f"got {sample_rate!r}")
     if wav.numel() == 0 or wav.shape[-1] == 0:
         raise AudioError(f"{what} is empty (0 samples)")
-    if not torch.isfinite(wav).all():
-        raise AudioError(f"{what} contains NaN or infinite samples")
-    if (wav - wav.mean()).abs().max() < SILENCE_PEAK:
+    flat = wav.reshape(-1)
+    total = 0.0
+    for a in range(0, flat.numel(), CHUNK):  # a chunk at a time: no whole-signal temporaries
+        part = flat[a:a + CHUNK]
+        if not torch.isfinite(part).all():
+            raise AudioError(f"{what} contains NaN or infinite samples")
+        total += float(part.double().sum())
+    mean = total / flat.numel()
+    if max(float((flat[a:a + CHUNK] - mean).abs().max()) for a in range(0, flat.numel(), CHUNK)) < SILENCE_PEAK:
         raise AudioError(f"{what} is silent (peak below -80 dBFS); there is nothing to edit")
 
 
 def resample(wav: torch.Tensor, sr_in: int, sr_out: int) -> torch.Tensor:
-    """[..., T] at sr_in -> [..., T'] at sr_out (soxr, high quality), T' = round(T * sr_out / sr_in)."""
+    """[..., T] at sr_in -> float32 [..., T'] at sr_out (soxr, high quality), T' = T * sr_out /
+    sr_in rounded half up. Streamed a chunk at a time (the same samples as resampling it whole),
+    so memory is the output's plus a chunk's."""
     if sr_in == sr_out:
         return wav
     if wav.shape[-1] == 0:
         return wav.float()
     import soxr
-    flat = wav.reshape(-1, wav.shape[-1]).double().numpy().T  # soxr takes [T, channels]
-    out = soxr.resample(np.ascontiguousarray(flat), sr_in, sr_out, quality="HQ")
-    out = torch.from_numpy(np.ascontiguousarray(out.T)).float()
+    flat = wav.reshape(-1, wav.shape[-1])
+    stream = soxr.ResampleStream(sr_in, sr_out, flat.shape[0], dtype="float64", quality="HQ")
+    length = flat.shape[-1]
+    out = torch.empty(flat.shape[0], (2 * length * sr_out + sr_in) // (2 * sr_in) + 16)  # soxr rounds half up
+    done = 0
+    for a in range(0, length, CHUNK):
+        chunk = np.ascontiguousarray(flat[:, a:a + CHUNK].double().numpy().T)  # soxr takes [T, channels]
+        part = torch.from_numpy(stream.resample_chunk(chunk, last=a + CHUNK >= length).T.astype(np.float32))
+        out[:, done:done + part.shape[-1]] = part
+        done += part.shape[-1]
+    out = out[:, :done]
     return out.reshape(*wav.shape[:-1], out.shape[-1])
 
 
@@ -157,10 +190,14 @@ def to_model_audio(wav, sample_rate: int, target_rate: int = 32000) -> tuple[tor
     for i in range(wav.shape[0]):
         check_audio(wav[i], sample_rate, "input audio" if wav.shape[0] == 1 else f"input audio #{i}")
     info = SourceInfo(int(sample_rate), wav.shape[1], wav.shape[-1])
-    mono = wav.mean(dim=1, keepdim=True)
-    mono = mono - mono.mean(dim=-1, keepdim=True)
-    peak = mono.abs().amax(dim=-1, keepdim=True)
-    mono = torch.where(peak > 1, mono / peak, mono)
+    mono = torch.empty(wav.shape[0], 1, wav.shape[-1])
+    for a in range(0, wav.shape[-1], CHUNK):  # a chunk at a time: no whole-signal temporaries
+        torch.mean(wav[..., a:a + CHUNK], dim=1, keepdim=True, out=mono[..., a:a + CHUNK])
+    for item in mono:
+        item -= float(sum(item[..., a:a + CHUNK].double().sum() for a in range(0, item.shape[-1], CHUNK))) / item.shape[-1]
+        peak = max(float(item[..., a:a + CHUNK].abs().max()) for a in range(0, item.shape[-1], CHUNK))
+        if peak > 1:
+            item /= peak
     return resample(mono, int(sample_rate), target_rate), info
 
 
@@ -214,13 +251,26 @@ def check_output(path: str | os.PathLike, overwrite: bool = False):
         raise about(FileExistsError(f"{path} already exists; it is replaced only when asked (overwrite)"), "overwrite")
 
 
+SOFTWARE = "instruct-musicgen"  # the software tag of every file written here
+
+
+def written_by_us(path: str | os.PathLike) -> bool:
+    """Whether an audio file carries the software tag `write_audio` writes."""
+    import soundfile as sf
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return str(f.copy_metadata().get("software", "")).startswith(SOFTWARE)
+    except (RuntimeError, TypeError):
+        return False
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False,
                 like: Recording | None = None):
     """Write [C, T] (or [T]) as WAV, FLAC or OGG (by extension); never replaces a file unless asked.
     16-bit by default; with `like` (the input as read), in its sample type when the format allows
     it, and every sample whose value is the input's (same rate, channels and position) is written
-    exactly as the input stored it. Written through `files.replacing` (a fresh temporary file,
-    renamed into place when complete)."""
+    exactly as the input stored it. Tagged as written by this software. Written through
+    `files.replacing` (a fresh temporary file, renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
     check_output(path, overwrite)
@@ -229,18 +279,24 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
         wav = wav[None]
     fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG")))[path.suffix.lower()]
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
-    data = wav.clamp(-1, 1).numpy().T
+    kind, scale = None, 1
     if like is not None and like.subtype in _NATIVE and sf.check_format(fmt, like.subtype):
         subtype = like.subtype
         kind, scale = _NATIVE[subtype]
-        values = wav.numpy().T
-        if np.issubdtype(kind, np.integer):
-            info = np.iinfo(kind)
-            data = np.clip(np.round(values.astype(np.float64) * scale), info.min, info.max).astype(kind)
-        else:
-            data = values.astype(kind)
-        if sample_rate == like.sample_rate and like.native.shape == data.shape:
-            same = values == like.wav.numpy().T  # untouched samples: the stored values, bit for bit
-            data[same] = like.native[same]
-    with replacing(path) as f:
-        sf.write(f, data, sample_rate, format=fmt, subtype=subtype)
+    stored = like is not None and kind is not None and like.native is not None and sample_rate == like.sample_rate \
+        and like.wav.shape == wav.shape
+    with replacing(path) as f, sf.SoundFile(f, "w", sample_rate, wav.shape[0], subtype, format=fmt) as out:
+        out.software = SOFTWARE
+        for a in range(0, wav.shape[-1], CHUNK):  # a chunk at a time: no whole-signal temporaries
+            values = wav[:, a:a + CHUNK].numpy().T
+            if kind is None:
+                data = np.clip(values, -1, 1)
+            elif np.issubdtype(kind, np.integer):  # float32 holds what was read exactly: the same ints again
+                info = np.iinfo(kind)
+                data = np.clip(np.round(values.astype(np.float64) * scale), info.min, info.max).astype(kind)
+            else:
+                data = values.astype(kind)
+            if stored:  # untouched samples of inexact types: the stored values, bit for bit
+                same = values == like.wav[:, a:a + CHUNK].numpy().T
+                data[same] = like.native[a:a + CHUNK][same]
+            out.write(data)

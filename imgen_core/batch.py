@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .audio import AUDIO_SUFFIXES, WRITABLE_SUFFIXES, AudioError, is_same_file
+from .audio import AUDIO_SUFFIXES, WRITABLE_SUFFIXES, AudioError, is_same_file, written_by_us
 
 
 def is_batch(inputs: list[str], output: str) -> bool:
@@ -36,7 +36,8 @@ def plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     """(input, output) pairs. One input and a file name: that pair. Otherwise the output is a
     folder (created when missing) and each input keeps its name there (as .wav when its own
     format cannot be written). Two inputs wanting one output name, or an output that is an
-    input, are refused before anything runs."""
+    input, are refused before anything runs; a file this program wrote as another input's
+    output (a folder edited into itself, run again) is no input."""
     if not is_batch(inputs, output):
         pairs = [(Path(inputs[0]), Path(output))]
     else:
@@ -45,6 +46,9 @@ def plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
             raise FileExistsError(f"{folder} is a file; with several inputs or a folder, -o names a folder")
         files = audio_files(inputs)
         pairs = [(f, folder / (f.stem + (f.suffix if f.suffix.lower() in WRITABLE_SUFFIXES else ".wav"))) for f in files]
+        # an earlier run's output in the input folder (edited into the same folder) is no input
+        made = {dst.resolve() for src, dst in pairs if src.resolve() != dst.resolve()}
+        pairs = [(src, dst) for src, dst in pairs if not (src.resolve() in made and written_by_us(src))]
         taken: dict[Path, Path] = {}
         for src, dst in pairs:
             if dst in taken:

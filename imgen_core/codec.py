@@ -51,13 +51,14 @@ class Codec:
         if wav.dim() != 3 or wav.shape[1] != 1:
             raise ValueError(f"EnCodec takes mono audio [batch, 1, samples], got {list(wav.shape)}")
         total = self.frames_for(wav.shape[-1])
-        if wav.shape[-1] < total * self.hop:  # whole frames only: pad the tail with silence
-            wav = torch.nn.functional.pad(wav, (0, total * self.hop - wav.shape[-1]))
         out = []
         for first in range(0, total, chunk_frames):
             last = min(first + chunk_frames, total)
             lo, hi = max(0, first - margin_frames), min(total, last + margin_frames)
-            codes = self._encode(wav[..., lo * self.hop:hi * self.hop])
+            piece = wav[..., lo * self.hop:hi * self.hop]
+            if piece.shape[-1] < (hi - lo) * self.hop:  # whole frames only: the tail padded with silence
+                piece = torch.nn.functional.pad(piece, (0, (hi - lo) * self.hop - piece.shape[-1]))
+            codes = self._encode(piece)
             out.append(codes[..., first - lo:first - lo + last - first].cpu())
         return torch.cat(out, dim=-1)
 

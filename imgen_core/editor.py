@@ -141,11 +141,17 @@ class Editor:
             return from_model_audio(self.decode(take.codes), self.sample_rate, take.source, rate or "model",
                                     channels or "input")
         check_output_form(True, rate, channels, take.source.sample_rate)
-        edited = self.decode(take.codes)[:, 0]
-        recon = self.decode(take.original_codes)[:, 0] if mode == "preserve" else None
-        audio = rendering.in_input_form(take.original, take.source.sample_rate, edited, self.sample_rate,
-                                        recon=recon, operations=take.operations, ranges=take.ranges or ())
-        return audio, take.source.sample_rate
+        rate, length = take.source.sample_rate, take.source.samples
+        audio = torch.empty_like(take.original)
+        for b in range(audio.shape[0]):  # an item at a time, each signal at the input's rate as soon as decoded
+            edited = rendering.at_rate(self.decode(take.codes[b:b + 1])[0, 0], self.sample_rate, rate, length)
+            recon = None
+            if mode == "preserve":
+                recon = rendering.at_rate(self.decode(take.original_codes[b:b + 1])[0, 0], self.sample_rate, rate,
+                                          length)
+            rendering.in_input_form(take.original[b], rate, edited, recon, take.operations, take.ranges or (),
+                                    out=audio[b])
+        return audio, rate
 
     def edit_audio(self, wav, sample_rate: int, instruction: str, sampling: Sampling = Sampling(), *,
                    render: str = "auto", operation: str | None = None, start: float | None = None,

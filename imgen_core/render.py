@@ -57,33 +57,44 @@ def _smooth(mag: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(mag[None, None], 3, stride=1, padding=1, count_include_pad=False)[0, 0]
 
 
-def mdct_basis(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sine window [2n] and orthonormal MDCT basis [2n, n]: frames of 2n samples, hop n."""
+# Frames per FFT batch: bounds the memory of long songs (about 64 MB whatever the rate).
+_FFT_VALUES = 1 << 22
+
+
+def _mdct_tables(n: int):
+    """Sine window [2n] and the twiddles that make the orthonormal MDCT of frames of 2n samples,
+    sqrt(2/n) sum_t w[t] x[t] cos(pi/n (t + 1/2 + n/2)(k + 1/2)), one 2n-point FFT (forward: before
+    and after it; inverse: before and after the inverse FFT)."""
     t = torch.arange(2 * n, dtype=torch.float64)
-    window = torch.sin(math.pi * (t + 0.5) / (2 * n))
     k = torch.arange(n, dtype=torch.float64)
-    basis = math.sqrt(2 / n) * torch.cos(math.pi / n * (t[:, None] + 0.5 + n / 2) * (k[None, :] + 0.5))
-    return window, basis
-
-
-_CHUNK = 2048  # frames per matrix product: bounds the memory of long songs (about 70 MB at 44.1 kHz)
+    shift, scale = 0.5 + n / 2, math.sqrt(2 / n)
+    window = torch.sin(math.pi * (t + 0.5) / (2 * n))
+    forward = (torch.exp(-1j * math.pi * t / (2 * n)), scale * torch.exp(-1j * math.pi * shift * (k + 0.5) / n))
+    inverse = (torch.exp(1j * math.pi * shift * k / n), scale * 2 * n * torch.exp(1j * math.pi * (t + shift) / (2 * n)))
+    return window, *forward, *inverse
 
 
 def mdct(x: torch.Tensor, n: int) -> torch.Tensor:
-    """[..., T] -> [..., frames, n]; frame f is centred on sample f * n (the STFT's centres)."""
-    window, basis = mdct_basis(n)
+    """[..., T] -> [..., frames, n]; frame f is centred on sample f * n (the STFT's centres).
+    Computed with FFTs of 2n points, a batch of frames at a time: O(n log n) a frame."""
+    window, pre, post, _, _ = _mdct_tables(n)
     length = x.shape[-1]
     frames = F.pad(x.double(), (n, n + (-length) % n)).unfold(-1, 2 * n, n)
-    return torch.cat([(frames[..., a:a + _CHUNK, :] * window) @ basis
-                      for a in range(0, frames.shape[-2], _CHUNK)], dim=-2)
+    step = max(1, _FFT_VALUES // (2 * n))
+    return torch.cat([(torch.fft.fft(frames[..., a:a + step, :] * (window * pre), dim=-1)[..., :n] * post).real
+                      for a in range(0, frames.shape[-2], step)], dim=-2)
 
 
 def imdct(coeffs: torch.Tensor, n: int, length: int) -> torch.Tensor:
-    window, basis = mdct_basis(n)
+    """The inverse of `mdct`: windowed frames overlap-added, [..., length]."""
+    window, _, _, pre, post = _mdct_tables(n)
     count = coeffs.shape[-2]
     out = torch.zeros(*coeffs.shape[:-2], (count + 1) * n, dtype=torch.float64)
-    for a in range(0, count, _CHUNK):
-        frames = (coeffs[..., a:a + _CHUNK, :] @ basis.T) * window  # [..., k, 2n]
+    step = max(1, _FFT_VALUES // (2 * n))
+    for a in range(0, count, step):
+        part = coeffs[..., a:a + step, :]
+        spectrum = F.pad(part * pre, (0, n))  # the upper half of the 2n-point spectrum is empty
+        frames = (torch.fft.ifft(spectrum, dim=-1) * post).real * window  # [..., k, 2n]
         halves = frames.unflatten(-1, (2, n))
         k = frames.shape[-2]
         out[..., a * n:(a + k) * n] += halves[..., 0, :].flatten(-2)  # first halves, hop n apart
@@ -91,18 +102,22 @@ def imdct(coeffs: torch.Tensor, n: int, length: int) -> torch.Tensor:
     return out[..., n:n + length]
 
 
-def preserve_mask(recon: torch.Tensor, edited: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """The remove/extract mask [frames, bins] in [0, 1] on the MDCT grid at `sample_rate`, from
-    the mono reconstruction and edited signals resampled to that rate (same length)."""
+def magnitude(x: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """Smoothed magnitudes [frames, bins] of a mono signal on the MDCT grid at `sample_rate`: STFT
+    frames centred like the MDCT's, bins between two STFT bins averaged."""
     n = stft_size(sample_rate) // 2
-    length = recon.shape[-1] + (-recon.shape[-1]) % n  # whole frames, as the MDCT pads
+    length = x.shape[-1] + (-x.shape[-1]) % n  # whole frames, as the MDCT pads
+    spec = stft(F.pad(x.double(), (0, length - x.shape[-1])), 2 * n, hop=n).abs()
+    return _smooth(0.5 * (spec[:-1] + spec[1:])).T
 
-    def magnitude(x):  # STFT frames centred like the MDCT's; bins between two STFT bins averaged
-        spec = stft(F.pad(x.double(), (0, length - x.shape[-1])), 2 * n, hop=n).abs()
-        return _smooth(0.5 * (spec[:-1] + spec[1:])).T
 
-    r, e = magnitude(recon), magnitude(edited)
-    floor = 1e-3 * float(r.max()) + 1e-12  # where neither has energy the edit says nothing: keep
+def preserve_mask(recon: torch.Tensor, edited: torch.Tensor, sample_rate: int, peak: float | None = None) -> torch.Tensor:
+    """The remove/extract mask [frames, bins] in [0, 1] on the MDCT grid at `sample_rate`, from
+    the mono reconstruction and edited signals resampled to that rate (same length). `peak`: the
+    largest of the reconstruction's magnitudes over the whole song (default: over these)."""
+    n = stft_size(sample_rate) // 2
+    r, e = magnitude(recon, sample_rate), magnitude(edited, sample_rate)
+    floor = 1e-3 * (float(r.max()) if peak is None else peak) + 1e-12  # where neither has energy: keep
     mask = ((e + floor) / (r + floor)).clamp(0.0, 1.0) ** 2  # a power ratio: Wiener's gain
     freqs = (torch.arange(n, dtype=torch.float64) + 0.5) * sample_rate / (2 * n)
     top = (freqs >= TOP_BAND_HZ[0]) & (freqs < min(TOP_BAND_HZ[1], sample_rate / 2))
@@ -132,31 +147,38 @@ def preserve(original: torch.Tensor, sample_rate: int, recon: torch.Tensor, edit
     mono [T'] at `model_rate`, of the same span of time. `operations`: those applied (add,
     remove, extract), which decide mask, addition or both."""
     length = original.shape[-1]
-    r = _fit(resample(recon.double(), model_rate, sample_rate), length)
-    e = _fit(resample(edited.double(), model_rate, sample_rate), length)
+    return preserve_at_rate(original, sample_rate, at_rate(recon, model_rate, sample_rate, length),
+                            at_rate(edited, model_rate, sample_rate, length), operations)
+
+
+def preserve_at_rate(original: torch.Tensor, sample_rate: int, recon: torch.Tensor, edited: torch.Tensor,
+                     operations, peak: float | None = None) -> torch.Tensor:
+    """`preserve` with the model's signals already at the original's rate and length (`peak`:
+    see `preserve_mask`)."""
+    length = original.shape[-1]
     n_fft = stft_size(sample_rate)
     out = original.double()
     ops = set(operations)
     if ops & set(REMOVING):
-        out = imdct(mdct(out, n_fft // 2) * preserve_mask(r, e, sample_rate), n_fft // 2, length)
+        mask = preserve_mask(recon, edited, sample_rate, peak)
+        out = imdct(mdct(out, n_fft // 2) * mask, n_fft // 2, length)
     if "add" in ops:
-        out = out + istft(added_part(r, e, sample_rate), n_fft, length)
+        out = out + istft(added_part(recon, edited, sample_rate), n_fft, length)
     return out.to(original.dtype)
 
 
 def model_output(edited: torch.Tensor, model_rate: int, sample_rate: int, channels: int, length: int) -> torch.Tensor:
     """The model's mono output at the original's rate on each of its channels, [C, length]."""
-    out = _fit(resample(edited.float(), model_rate, sample_rate), length)
-    return out.expand(channels, -1).clone()
+    return at_rate(edited.float(), model_rate, sample_rate, length).expand(channels, -1).clone()
 
 
-def fade_curve(length: int, sample_rate: int, ranges) -> torch.Tensor:
-    """[length] weights of the rendered audio: 1 inside each (start, end, fade) range, 0 outside
-    it and its fades, raised-cosine ramps of its `fade` seconds just outside each end. No ranges:
-    all 1."""
+def fade_curve(length: int, sample_rate: int, ranges, first: int = 0) -> torch.Tensor:
+    """[length] weights of the rendered audio from sample `first` on: 1 inside each (start, end,
+    fade) range, 0 outside it and its fades, raised-cosine ramps of its `fade` seconds just
+    outside each end. No ranges: all 1."""
     if not ranges:
         return torch.ones(length, dtype=torch.float64)
-    t = torch.arange(length, dtype=torch.float64) / sample_rate
+    t = (first + torch.arange(length, dtype=torch.float64)) / sample_rate
     w = torch.zeros(length, dtype=torch.float64)
     for start, end, fade in ranges:
         if fade > 0:
@@ -169,22 +191,64 @@ def fade_curve(length: int, sample_rate: int, ranges) -> torch.Tensor:
     return w
 
 
-def in_input_form(original: torch.Tensor, sample_rate: int, edited: torch.Tensor, model_rate: int, *,
-                  recon: torch.Tensor | None = None, operations=(), ranges=()) -> torch.Tensor:
-    """The edit rendered in the original's form, [B, C, T] like `original` at `sample_rate`.
-    `edited` [B, T'] is the model's mono output at `model_rate`. With `recon` (the model's
-    reconstruction of the original, [B, T']) the edit is applied to the original (`preserve`,
-    by `operations`); without, the output itself is used (`model_output`). Either is mixed into
-    the original over `ranges` ((start, end, fade) seconds; none: everywhere)."""
-    weight = fade_curve(original.shape[-1], sample_rate, ranges)
-    out = []
-    for b in range(original.shape[0]):
+# Songs are rendered a segment at a time, so that memory follows the segment, not the song. Each
+# segment is rendered with context on both sides, wider than any frame reaches (an STFT frame,
+# the mask's smoothing over neighbouring frames), and only its middle kept.
+SEGMENT_SECONDS = 30.0
+CONTEXT_SECONDS = 1.0
+
+
+def at_rate(signal: torch.Tensor, model_rate: int, sample_rate: int, length: int) -> torch.Tensor:
+    """The model's mono signal [T'] at `sample_rate`, cut or padded to `length` samples."""
+    return _fit(resample(signal, model_rate, sample_rate), length)
+
+
+def in_input_form(original: torch.Tensor, sample_rate: int, edited: torch.Tensor, recon: torch.Tensor | None = None,
+                  operations=(), ranges=(), out: torch.Tensor | None = None) -> torch.Tensor:
+    """The edit rendered in the original's form, [C, T] like `original` at `sample_rate`, into
+    `out` when given. `edited` [T] is the model's mono output at that rate (`at_rate`). With
+    `recon` (the model's reconstruction of the original, [T]) the edit is applied to the
+    original (`preserve`, by `operations`); without, the output itself is used. Either is mixed
+    into the original over `ranges` ((start, end, fade) seconds; none: everywhere), a segment of
+    SEGMENT_SECONDS at a time (a song shorter than that in one go)."""
+    length = original.shape[-1]
+    segments = _segments(length, sample_rate)
+    out = torch.empty_like(original) if out is None else out
+    peak = None
+    if recon is not None and set(operations) & set(REMOVING) and len(segments) > 1:  # the whole song's
+        peak = max(float(_kept_rows(magnitude(recon[lo:hi], sample_rate), start - lo, end - lo, end == length,
+                                    sample_rate).max()) for start, end, lo, hi in segments)
+    for start, end, lo, hi in segments:
+        weight = fade_curve(hi - lo, sample_rate, ranges, first=lo)
+        piece = original[:, lo:hi]
+        if not weight.any():  # outside every range: the original's very samples
+            out[:, start:end] = piece[:, start - lo:end - lo]
+            continue
         if recon is not None:
-            done = preserve(original[b], sample_rate, recon[b], edited[b], model_rate, operations)
+            done = preserve_at_rate(piece, sample_rate, recon[lo:hi], edited[lo:hi], operations, peak)
         else:
-            done = model_output(edited[b], model_rate, sample_rate, original.shape[1], original.shape[-1])
-        out.append(crossfade(original[b], done.to(original.dtype), weight))
-    return torch.stack(out)
+            done = edited[lo:hi].expand(piece.shape[0], -1)
+        out[:, start:end] = crossfade(piece, done.to(original.dtype), weight)[:, start - lo:end - lo]
+    return out
+
+
+def _segments(length: int, sample_rate: int) -> list[tuple[int, int, int, int]]:
+    """(start, end, lo, hi): the samples [start, end) a segment gives, rendered from [lo, hi),
+    all on the frames' grid so that every frame falls where it would in the whole song."""
+    grid = stft_size(sample_rate)
+    step = max(grid, round(SEGMENT_SECONDS * sample_rate / grid) * grid)
+    if length <= step:
+        return [(0, length, 0, length)]
+    context = max(grid, round(CONTEXT_SECONDS * sample_rate / grid) * grid)
+    return [(start, min(start + step, length), max(0, start - context), min(length, start + step + context))
+            for start in range(0, length, step)]
+
+
+def _kept_rows(frames: torch.Tensor, start: int, end: int, last: bool, sample_rate: int) -> torch.Tensor:
+    """The rows of [frames, bins] on the MDCT grid whose frames are centred in [start, end) (and
+    the song's last frame, centred on its end, with the last segment)."""
+    n = stft_size(sample_rate) // 2
+    return frames[start // n:(frames.shape[0] if last else -(-end // n))]
 
 
 def crossfade(original: torch.Tensor, rendered: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

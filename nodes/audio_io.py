@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 
 from ..imgen_core.audio import AudioError, read_audio, write_audio
@@ -46,8 +47,10 @@ class InstructMusicGenLoadAudio:
                                    "tooltip": "How many seconds to load; 0 loads to the end."}),
         }, "optional": PLAYER}
 
+    # Only `audio` is named here: ComfyUI checks the inputs a VALIDATE_INPUTS does not take
+    # against their min and max (start and duration), and skips those it takes.
     @classmethod
-    def VALIDATE_INPUTS(cls, audio, start, duration):
+    def VALIDATE_INPUTS(cls, audio):
         try:
             _input_path(audio)
         except (ValueError, FileNotFoundError) as e:
@@ -63,6 +66,9 @@ class InstructMusicGenLoadAudio:
         return f"{h.hexdigest()}:{start}:{duration}"
 
     def load(self, audio, start, duration, **_player):
+        for name, value in (("start", start), ("duration", duration)):
+            if not (math.isfinite(value) and value >= 0):  # NaN passes ComfyUI's min/max checks
+                raise ValueError(f"{name} must be a finite number of seconds, at least 0; got {value}")
         path = _input_path(audio)
         try:
             wav, sr = read_audio(path)

@@ -1,6 +1,8 @@
 """Encode, Instruct Edit and Decode nodes: audio -> codes -> edited codes -> audio."""
 from __future__ import annotations
 
+import math
+
 from ..imgen_core.errors import setting_of
 from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS
 from ..imgen_core.render import RENDER_MODES
@@ -86,6 +88,10 @@ class InstructMusicGenEdit:
 
     def edit(self, model, codes, operation, stem, seed, guidance, top_k, temperature, window_seconds,
              overlap_seconds, instruction="", start_seconds=0.0, end_seconds=0.0, fade_seconds=DEFAULT_FADE_SECONDS):
+        for name, value in (("start_seconds", start_seconds), ("end_seconds", end_seconds),
+                            ("fade_seconds", fade_seconds)):
+            if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
+                raise ValueError(f"{name} must be a finite number of seconds, got {value}")
         editor = model.ready()
         text = editor.instruction(operation, stem, instruction.strip() or None)
         sampling = Sampling(guidance=guidance, top_k=top_k, temperature=temperature, window_seconds=window_seconds,

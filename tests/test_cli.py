@@ -114,7 +114,7 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
-    monkeypatch.setattr(soundfile, "write", broken)
+    monkeypatch.setattr(soundfile.SoundFile, "write", broken)
     with pytest.raises(OSError, match="disk full"):
         write_audio(tmp_path / "out.wav", torch.zeros(1, 320), 32000)
     assert list(tmp_path.iterdir()) == []
@@ -265,3 +265,30 @@ def test_output_and_option_errors_come_before_the_model_loads(tmp_path, tiny_fil
     assert main(["edit", str(silent), "--op", "remove", "--stem", "drums", "-o", out, *tiny_args(tiny_files)]) == 2
     assert "is silent" in capsys.readouterr().err
     assert not Path(out).exists()
+
+
+def test_a_folder_edited_into_itself_continues_on_rerun(tmp_path, tiny_files, capsys):
+    """AIFF songs edited into their own folder get WAV results beside them; the same command run
+    again skips them as done, instead of taking them for inputs (and refusing the batch). A WAV
+    of the user's under such a name is never taken for a result."""
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for i in range(2):
+        sf.write(str(songs / f"s{i}.aiff"), tone(1.0, 32000, freq=200.0 + 90 * i, level=0.3).numpy().T, 32000)
+    args = ["edit", str(songs), "-o", str(songs), "--op", "remove", "--stem", "drums", "--window", "1.0",
+            "--overlap", "0.5", *tiny_args(tiny_files)]
+    assert main(args) == 0
+    assert capsys.readouterr().err.count("wrote ") == 2
+    results = {p.name: p.read_bytes() for p in songs.glob("*.wav")}
+    assert sorted(results) == ["s0.wav", "s1.wav"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 outputs are already there" in err and "wrote " not in err
+    assert {p.name: p.read_bytes() for p in songs.glob("*.wav")} == results
+    sf.write(str(songs / "s2.aiff"), tone(1.0, 32000, freq=440.0, level=0.3).numpy().T, 32000)
+    sf.write(str(songs / "s2.wav"), tone(1.0, 32000, freq=550.0, level=0.3).numpy().T, 32000)  # the user's
+    mine = (songs / "s2.wav").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main([*args, *extra]) == 2
+        assert "would both be written to" in capsys.readouterr().err
+    assert (songs / "s2.wav").read_bytes() == mine

@@ -182,6 +182,25 @@ def test_bad_input_file_reports_our_message_and_server_recovers(server, object_i
     assert history["status"]["status_str"] == "success"
 
 
+def test_out_of_range_and_nan_times_are_refused(server, object_info):
+    """Load Audio's start below its minimum is refused by ComfyUI's own range check (the node's
+    VALIDATE_INPUTS takes only the file, so ComfyUI still applies it); NaN, which passes any
+    range check, is refused by the nodes themselves, in words."""
+    prompt = _prepare(REPO / "workflows" / "Add in a time range.json", object_info)
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoadAudio")
+    prompt[loader]["inputs"]["start"] = -1.0
+    refused = server.post("/prompt", {"prompt": prompt})
+    assert "start" in json.dumps(refused.get("node_errors", {})), refused
+    prompt[loader]["inputs"]["start"] = float("nan")
+    history = server.wait(server.queue(prompt))
+    assert "start must be a finite number of seconds" in error_message(history)
+    prompt[loader]["inputs"]["start"] = 0.0
+    editor = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenEdit")
+    prompt[editor]["inputs"]["end_seconds"] = float("nan")
+    history = server.wait(server.queue(prompt))
+    assert "end_seconds must be a finite number of seconds" in error_message(history)
+
+
 def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info):
     prompt = _prepare(REPO / "workflows" / "Add a stem.json", object_info)
     for node in prompt.values():

@@ -86,10 +86,11 @@ def test_a_take_carries_what_rendering_needs_through_chained_edits(tiny_editor):
     assert torch.equal(second.original, wav[None]) and torch.equal(second.original_codes, take.codes)
     assert (second.source.sample_rate, second.source.channels, second.source.samples) == (44100, 2, wav.shape[-1])
     audio, rate = tiny_editor.render(second)
-    edited, recon = tiny_editor.decode(second.codes)[:, 0], tiny_editor.decode(take.codes)[:, 0]
-    expected = render.in_input_form(wav[None], 44100, edited, 32000, recon=recon, operations=("remove", "add"),
+    edited, recon = (render.at_rate(tiny_editor.decode(c)[0, 0], 32000, 44100, wav.shape[-1])
+                     for c in (second.codes, take.codes))
+    expected = render.in_input_form(wav, 44100, edited, recon, operations=("remove", "add"),
                                     ranges=((1.0, 2.0, 0.05), (2.5, 3.0, 0.1)))
-    assert rate == 44100 and torch.equal(audio, expected)
+    assert rate == 44100 and torch.equal(audio[0], expected)
     t = torch.arange(wav.shape[-1]) / 44100
     outside = (t < 0.95) | ((t > 2.05) & (t < 2.4)) | (t > 3.1)
     assert torch.equal(audio[..., outside], wav[None][..., outside])

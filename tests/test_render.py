@@ -117,3 +117,33 @@ def test_preserve_beats_model_rendering_on_the_oracle():
     rows = json.loads(run.stdout.splitlines()[-1])
     gain = {r["operation"]: r["preserve_si_sdr"] - r["model_si_sdr"] for r in rows}
     assert gain["remove"] > 6 and gain["add"] > 6 and gain["extract"] > 1, gain
+
+
+@pytest.mark.parametrize("operation, ranged", [("remove", False), ("add", False), ("extract", True)])
+def test_a_song_rendered_in_segments_is_the_song_rendered_whole(tiny_editor, monkeypatch, operation, ranged):
+    """Memory follows the segment, not the song; the result is the same to the last bit (every
+    frame is computed with its full context, the mask's floor from the whole song)."""
+    wav = song(7.0, seed=4)
+    span = {"start": 2.5, "end": 5.0} if ranged else {}
+    take = tiny_editor.edit(tiny_editor.encode(wav, 44100), tiny_editor.instruction(operation, "bass"),
+                            Sampling(seed=2), **span)
+    monkeypatch.setattr(render, "SEGMENT_SECONDS", 1.5)
+    assert len(render._segments(wav.shape[-1], 44100)) == 5
+    segmented, _ = tiny_editor.render(take)
+    monkeypatch.setattr(render, "SEGMENT_SECONDS", 1000.0)
+    whole, _ = tiny_editor.render(take)
+    assert torch.equal(segmented, whole)
+    assert not torch.equal(whole, wav[None])
+
+
+def test_the_mdct_by_fft_is_the_orthonormal_transform():
+    """Against the definition, computed directly: X[k] = sqrt(2/n) sum w[t] x[t] cos(pi/n (t + 1/2
+    + n/2)(k + 1/2)); and the inverse gives the signal back."""
+    n = 16
+    x = torch.randn(3, 200, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(2 * n, dtype=torch.float64)
+    window = torch.sin(np.pi * (t + 0.5) / (2 * n))
+    basis = (2 / n) ** 0.5 * torch.cos(np.pi / n * (t[:, None] + 0.5 + n / 2) * (torch.arange(n) + 0.5))
+    frames = torch.nn.functional.pad(x, (n, n + (-200) % n)).unfold(-1, 2 * n, n)
+    assert torch.allclose(render.mdct(x, n), (frames * window) @ basis, atol=1e-12)
+    assert torch.allclose(render.imdct(render.mdct(x, n), n, 200), x, atol=1e-12)
