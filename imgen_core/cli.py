@@ -262,6 +262,21 @@ def cmd_demo(args) -> int:
     return 0 if all(ok for _, ok in checks) else 1
 
 
+def cmd_make_dataset(args) -> int:
+    from .dataset_writer import make_dataset
+    from .synthesis import MissingPart, prepare
+    try:
+        font = prepare(args.font)
+        print(f"rendering {args.songs} songs of {args.seconds:g} s with {font.name} into {args.out} "
+              f"({args.layout} layout)", file=sys.stderr)
+        folders = make_dataset(args.out, args.songs, args.seconds, args.seed, args.layout, font,
+                               progress=_progress_bar("songs", unit="song"))
+    except MissingPart as e:
+        raise ValueError(str(e)) from None
+    print(f"wrote {len(folders)} songs into {args.out}", file=sys.stderr)
+    return 0
+
+
 def cmd_train(args) -> int:
     from .train import TrainConfig, Trainer
     cfg = TrainConfig.from_file(args.config)
@@ -412,6 +427,23 @@ def parser() -> argparse.ArgumentParser:
     _add_generation_args(v, f"default {run.threads}, so that each clip's result is the same whatever the number "
                          "of processes the run is spread over")
     v.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("make-dataset", help="render multitrack songs from MIDI in Slakh2100's layout",
+                       description="Write songs (drums, bass, piano, guitar in most, strings, organ, synths, brass, "
+                                   "reed... in some; varied grooves, keys, tempos and programs) rendered stem by stem "
+                                   "with a General MIDI SoundFont, in Slakh2100's layout (metadata.yaml, stems/, "
+                                   "MIDI/, all_src.mid, mix.flac) or MoisesDB's. Deterministic for a seed. Needs "
+                                   "tinysoundfont (pip install --no-deps tinysoundfont) and a SoundFont: FluidR3 "
+                                   "(apt-get install fluid-soundfont-gm) or pretty_midi's TimGM6mb (pip install "
+                                   "pretty_midi).")
+    m.add_argument("out", help="a new or empty folder")
+    m.add_argument("--songs", type=int, default=10, help="how many songs (default 10)")
+    m.add_argument("--seconds", type=float, default=30.0, help="each song's length (default 30)")
+    m.add_argument("--seed", type=int, default=0, help="the same seed writes the same files (default 0)")
+    m.add_argument("--layout", default="slakh", choices=["slakh", "moisesdb"], help="folder layout (default slakh)")
+    m.add_argument("--font", help="a General MIDI SoundFont (.sf2) to render with (default: FluidR3 GM if "
+                   "installed, else pretty_midi's TimGM6mb)")
+    m.set_defaults(func=cmd_make_dataset)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")

@@ -39,6 +39,14 @@ def tiny_editor():
 
 
 @pytest.fixture(scope="session")
+def rendered_slakh(tmp_path_factory):
+    """Three songs of 8 s rendered from MIDI in Slakh2100's layout (seed 0), shared by the tests
+    that read a dataset."""
+    from support import render_set
+    return render_set(tmp_path_factory.mktemp("rendered_slakh"))
+
+
+@pytest.fixture(scope="session")
 def comfy_server(tmp_path_factory):
     """One real ComfyUI server with the pack for every integration test (comfyui_harness.py)."""
     from comfyui_harness import start_test_server
@@ -60,9 +68,14 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """Say loudly, in one line each, when ComfyUI integration or browser tests were skipped."""
-    for module, what in (("test_comfyui", "ComfyUI integration"), ("test_browser", "browser")):
-        skipped = [r for r in terminalreporter.stats.get("skipped", []) if module in r.nodeid]
+    """Say loudly, in one line each, when ComfyUI integration, browser or rendered-music tests
+    were skipped."""
+    from support import RENDER_SKIP
+    every = terminalreporter.stats.get("skipped", [])
+    for chosen, what in ((lambda r: "test_comfyui" in r.nodeid, "ComfyUI integration"),
+                         (lambda r: "test_browser" in r.nodeid, "browser"),
+                         (lambda r: RENDER_SKIP in str(r.longrepr), "rendered-music")):
+        skipped = [r for r in every if chosen(r)]
         if skipped:
             reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
             reason = reason.removeprefix("Skipped: ")

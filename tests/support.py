@@ -91,6 +91,21 @@ def make_slakh(root: Path, songs=3, kinds=("Drums", "Bass", "Piano", "Guitar", "
     return root
 
 
+RENDER_SKIP = "rendered music unavailable"  # the start of every skip for want of rendering (conftest reports them)
+
+
+def render_set(root: Path, songs=3, seconds=8.0, seed=0, layout="slakh") -> Path:
+    """Songs rendered from MIDI as `imgen make-dataset` writes them; the test is skipped, saying
+    what to install, where tinysoundfont or a SoundFont is missing."""
+    from imgen_core.dataset_writer import make_dataset
+    from imgen_core.synthesis import MissingPart
+    try:
+        make_dataset(root, songs, seconds, seed, layout)
+    except MissingPart as e:
+        pytest.skip(f"{RENDER_SKIP}: {e}")
+    return root
+
+
 def make_moisesdb(root: Path, songs=2):
     for i in range(songs):
         track = root / f"song-{i}"
