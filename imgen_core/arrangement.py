@@ -76,9 +76,22 @@ def arrange(seed: int, seconds: float) -> Song:
     parts = []
     for cls in classes:
         notes = WRITERS[cls](rng, chords, beat, groove, key, scale)
-        notes = tuple(Note(n.pitch, n.start, min(n.end, seconds), n.velocity) for n in notes if n.start < seconds - 0.05)
+        notes = _untangled([Note(n.pitch, n.start, min(n.end, seconds), n.velocity) for n in notes
+                            if n.start < seconds - 0.05])
         parts.append(Part(cls, 0 if cls == "Drums" else rng.choice(PROGRAMS[cls]), cls == "Drums", notes))
     return Song(seed, tempo, key, minor, groove, seconds, tuple(parts))
+
+
+def _untangled(notes: list[Note]) -> tuple[Note, ...]:
+    """The notes in time order, each ending by the next start of its pitch: MIDI cannot tell
+    overlapping notes of one pitch apart (nor can a synthesiser's note-off)."""
+    notes = sorted(notes, key=lambda n: (n.pitch, n.start))
+    kept = []
+    for n, after in zip(notes, notes[1:] + [None]):
+        end = min(n.end, after.start) if after is not None and after.pitch == n.pitch else n.end
+        if end - n.start >= 0.01:
+            kept.append(Note(n.pitch, n.start, end, n.velocity))
+    return tuple(sorted(kept, key=lambda n: (n.start, n.pitch)))
 
 
 def _triad(key: int, scale, degree: int) -> tuple[int, int, int]:

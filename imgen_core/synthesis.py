@@ -48,9 +48,7 @@ def prepare(font: str | os.PathLike | None = None) -> Path:
 def render_part(part: Part, seconds: float, font: Path) -> np.ndarray:
     """The part played alone on its program, mono float32 [samples] at SAMPLE_RATE, `seconds`
     long (notes still sounding then are cut). `font`: from `prepare`."""
-    import tinysoundfont
-    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
-    font_id = synth.sfload(str(font))
+    synth, font_id = _synth(font)
     synth.program_select(0, font_id, 128 if part.is_drum else 0, part.program, is_drums=part.is_drum)
     events = sorted([(n.start, 1, n.pitch, n.velocity) for n in part.notes]
                     + [(n.end, 0, n.pitch, 0) for n in part.notes])  # at one time: offs before ons
@@ -65,7 +63,32 @@ def render_part(part: Part, seconds: float, font: Path) -> np.ndarray:
         else:
             synth.noteoff(0, pitch)
     _play(synth, out, done, total)
+    _silence(synth)
     return out
+
+
+def _silence(synth):
+    """Stop every voice and run the synthesiser until it is silent, so that the next part starts
+    from the state a new one has (checked bit for bit: a part renders the same after any other)."""
+    synth.sounds_off()
+    for _ in range(SAMPLE_RATE // 1024 * 10):  # the release of sounds_off takes milliseconds
+        if not np.frombuffer(synth.generate_simple(1024), dtype=np.float32).any():
+            return
+    raise RuntimeError("the synthesiser did not fall silent within 10 s of stopping every sound")
+
+
+_SYNTHS: dict = {}
+
+
+def _synth(font: Path):
+    """One synthesiser per font for the process: loading FluidR3 takes 0.3 s, a part 0.1 s."""
+    key = str(Path(font).resolve())
+    if key not in _SYNTHS:
+        import tinysoundfont
+        synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE)
+        _SYNTHS.clear()  # the last font only: a font can be 150 MB in memory
+        _SYNTHS[key] = (synth, synth.sfload(key))
+    return _SYNTHS[key]
 
 
 def _play(synth, out: np.ndarray, done: int, until: int) -> int:

@@ -3,14 +3,16 @@ reader written here from Slakh2100's documented layout (yaml, soundfile, mido), 
 product's own reader, and every stem is re-rendered from its MIDI file by tinysoundfont's own
 MIDI sequencer to check that it was played on the program its metadata names.
 
-The measures of each class's character (calibrated on rendered sets, FluidR3 GM):
+The measures of each class's character, with what 24 songs of 8 s (seeds 0 to 2) measured with
+FluidR3 GM and with pretty_midi's TimGM6mb (the fallback font):
 - drums: spectral flatness (geometric over arithmetic mean of the power spectrum, 40 Hz to
-  16 kHz, median over frames) above 0.01 (measured 0.028 to 0.049: broadband) and a crest factor
-  of 20 ms RMS frames (loudest over mean) above 5 (measured 9 to 11: percussive);
-- bass: more than 75% of the energy below 300 Hz (measured 0.81 and up);
-- piano and guitar: flatness below 0.005 (measured 0.001 and under) and a pitch strength (the
+  16 kHz, median over frames) above 0.01 (measured 0.025 to 0.049: broadband) and a crest factor
+  of 20 ms RMS frames (loudest over mean) above 4 (measured 6.1 to 17: percussive);
+- bass: more than 55% of the energy below 300 Hz (measured 0.85 to 1.0 with FluidR3, 0.59 to
+  0.95 with TimGM6mb, whose finger and pick basses are brighter);
+- piano and guitar: flatness below 0.005 (measured 0.002 and under) and a pitch strength (the
   highest normalised autocorrelation at lags of 1 ms to 25 ms, median over 93 ms frames) above
-  0.5 (measured 0.57 and up): pitched.
+  0.45 (measured 0.52 and up): pitched.
 """
 from __future__ import annotations
 
@@ -199,11 +201,11 @@ def test_each_stem_has_the_character_of_its_class(rendered):
             x, cls = samples / 32768.0, meta["stems"][sid]["inst_class"]
             where = f"{track.name}/{sid} ({cls})"
             if cls == "Drums":
-                assert flatness(x) > 0.01 and crest(x) > 5, f"{where}: flatness {flatness(x)}, crest {crest(x)}"
+                assert flatness(x) > 0.01 and crest(x) > 4, f"{where}: flatness {flatness(x)}, crest {crest(x)}"
             elif cls == "Bass":
-                assert low_fraction(x) > 0.75, f"{where}: {low_fraction(x):.2f} of its energy below 300 Hz"
+                assert low_fraction(x) > 0.55, f"{where}: {low_fraction(x):.2f} of its energy below 300 Hz"
             elif cls in ("Piano", "Guitar"):
-                assert flatness(x) < 0.005 and pitch_strength(x) > 0.5, \
+                assert flatness(x) < 0.005 and pitch_strength(x) > 0.45, \
                     f"{where}: flatness {flatness(x)}, pitch strength {pitch_strength(x)}"
             measured.append(cls)
     assert {"Drums", "Bass", "Piano", "Guitar"} <= set(measured)
@@ -306,3 +308,20 @@ def test_midi_files_are_standard_midi_that_mido_reads(rendered):
     for midi in rendered.rglob("*.mid"):
         parsed = mido.MidiFile(file=io.BytesIO(midi.read_bytes()))
         assert parsed.type == 1 and parsed.length > 1.0
+
+
+def test_a_part_renders_the_same_whatever_was_rendered_before(font):
+    """One synthesiser serves a process (loading a font takes longer than a part): it is brought
+    back to a new one's state after each part, so a song does not depend on the songs before it."""
+    from imgen_core import synthesis
+    from imgen_core.arrangement import arrange
+    song, before = arrange(5, 4.0), arrange(7, 4.0)
+    synthesis._SYNTHS.clear()
+    alone = []
+    for part in song.parts:
+        synthesis._SYNTHS.clear()
+        alone.append(synthesis.render_part(part, 4.0, font))
+    for part in before.parts:
+        synthesis.render_part(part, 4.0, font)
+    after = [synthesis.render_part(part, 4.0, font) for part in song.parts]
+    assert all(np.array_equal(a, b) for a, b in zip(alone, after))
