@@ -307,7 +307,7 @@ def cmd_eval(args) -> int:
                          f"got {args.skip!r}")
     settings = EvalSettings(args.data, args.layout, args.out, tuple(o.strip() for o in args.ops.split(",") if o.strip()),
                             tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
-                            args.seconds, args.limit, args.render, _sampling(args),
+                            args.seconds, args.limit, args.every_stem, args.render, _sampling(args),
                             **({} if args.threads is None else {"threads": args.threads}))
     songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
     out = Path(args.out)
@@ -405,7 +405,10 @@ def parser() -> argparse.ArgumentParser:
                        description="Build one 5 s test triplet per song and operation (the training rules, "
                                    "seeded), edit each, and score it: SSIM of 16 kHz mel spectrograms, SI-SDR and "
                                    "SI-SDRi (remove, extract), CLAP score, FAD (VGGish) and KL (PANNs) when their "
-                                   "models can be had (the eval extra: pip install '.[eval]' in the project). Writes per-clip "
+                                   "models can be had (the eval extra: pip install '.[eval]' in the project), and note "
+                                   "precision, recall and F1 against the stems' MIDI (Slakh layout) when basic-pitch's "
+                                   "note model can run (pip install --no-deps basic-pitch onnxruntime mir_eval "
+                                   "mido). Writes per-clip "
                                    "rows and a summary per operation and stem. Several processes or GPUs: "
                                    "torchrun --nproc_per_node N -m imgen_core.cli eval ...")
     v.add_argument("--data", required=True, help="dataset root (the test split)")
@@ -416,6 +419,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--classes", help="comma-separated target stems (default: the adapter's)")
     v.add_argument("--seconds", type=float, default=run.seconds, help=f"clip length (default {run.seconds:g}, the paper's)")
     v.add_argument("--limit", type=int, help="only the first N songs per operation")
+    v.add_argument("--every-stem", action="store_true",
+                   help="one clip per song, operation and target stem present (default: one per song and operation, "
+                        "its stem drawn, as the paper)")
     v.add_argument("--render", default=run.render, choices=RENDER_MODES,
                    help=f"how the edit is rendered (default {run.render}: the model's output, as the paper scored it)")
     v.add_argument("--skip", help=f"comma-separated metrics not to compute among {', '.join(METRIC_MODELS)}")

@@ -32,6 +32,13 @@ class DatasetError(ValueError):
 class Song:
     name: str
     stems: dict[str, list[Path]] = field(default_factory=dict)  # class -> files (summed)
+    # Slakh2100: class -> the MIDI files of its pitched stems (MIDI/Sxx.mid), and the drum classes
+    midi: dict[str, list[Path]] = field(default_factory=dict)
+    unpitched: set[str] = field(default_factory=set)
+
+    def notes_known(self, classes) -> bool:
+        """Whether the notes of every stem of `classes` are known (MIDI, or drums: no pitches)."""
+        return all(c in self.unpitched or len(self.midi.get(c, ())) == len(self.stems.get(c, ())) for c in classes)
 
 
 def _add(song: Song, cls: str, path: Path):
@@ -60,7 +67,13 @@ def read_slakh(root) -> list[Song]:
                                    f"expected a mapping with inst_class")
             cls = str(info.get("inst_class", "")).strip().lower()
             if cls:
-                _add(song, cls, track / "stems" / f"{_file_name(stem_id, meta_path)}.flac")
+                name = _file_name(stem_id, meta_path)
+                _add(song, cls, track / "stems" / f"{name}.flac")
+                midi = track / "MIDI" / f"{name}.mid"
+                if info.get("is_drum") is True:
+                    song.unpitched.add(cls)
+                elif info.get("midi_saved") is not False and midi.is_file():
+                    song.midi.setdefault(cls, []).append(midi)
         songs.append(song)
     return songs
 
@@ -233,12 +246,13 @@ class TripletDataset(torch.utils.data.Dataset):
 
 
 def draw_triplet(rng: random.Random, song: Song, operation: str, classes: list[str], seconds: float,
-                 dialect: str, retries: int = 10) -> Triplet:
-    """One triplet of `song` for `operation`: the target among `classes` (never an "other" class),
-    the mix (`choose_mix`), and a crop of `seconds` that is not near silent (up to `retries` tries)."""
+                 dialect: str, retries: int = 10, target: str | None = None) -> Triplet:
+    """One triplet of `song` for `operation`: the target (`target`, or drawn among `classes`, never
+    an "other" class), the mix (`choose_mix`), and a crop of `seconds` that is not near silent (up
+    to `retries` tries)."""
     present = sorted(song.stems)
-    targets = [c for c in classes if c in song.stems and not c.startswith("other")]
-    target = rng.choice(targets)
+    if target is None:
+        target = rng.choice([c for c in classes if c in song.stems and not c.startswith("other")])
     ins, outs = choose_mix(rng, operation, target, present)
     length = stem_seconds([p for c in present for p in song.stems[c]])
     for _ in range(max(1, retries)):
@@ -253,10 +267,12 @@ def draw_triplet(rng: random.Random, song: Song, operation: str, classes: list[s
                    song.name, start, tuple(sorted(ins)), tuple(sorted(outs)))
 
 
-def eval_triplets(songs: list[Song], classes, operations) -> list[tuple[str, Song, str]]:
+def eval_triplets(songs: list[Song], classes, operations, every_stem: bool = False
+                  ) -> list[tuple[str, Song, str, str | None]]:
     """The evaluation set: one triplet per song and operation (songs with a target class and
-    another stem), in a fixed order. Returned as (clip id, song, operation); the triplet itself
-    is `draw_eval_triplet(...)`, a function of the seed, the song and the operation only."""
+    another stem), or with `every_stem` one per song, operation and target class present, in a
+    fixed order. Returned as (clip id, song, operation, target or None: drawn); the triplet itself
+    is `draw_eval_triplet(...)`, a function of the seed, the song, the operation and the target."""
     classes = [c.lower() for c in classes]
     bad = [op for op in operations if op not in OPERATIONS]
     if bad:
@@ -265,13 +281,16 @@ def eval_triplets(songs: list[Song], classes, operations) -> list[tuple[str, Son
                                                             for c in classes)]
     if not usable:
         raise DatasetError(f"no song has one of the classes {classes} and at least one other stem")
-    return [(f"{op}/{s.name}", s, op) for op in operations for s in usable]
+    if not every_stem:
+        return [(f"{op}/{s.name}", s, op, None) for op in operations for s in usable]
+    return [(f"{op}/{s.name}/{c}", s, op, c) for op in operations for s in usable for c in classes
+            if c in s.stems and not c.startswith("other")]
 
 
 def draw_eval_triplet(song: Song, operation: str, classes, seconds: float = 5.0, seed: int = 0,
-                      dialect: str = "slakh") -> Triplet:
-    rng = random.Random(f"{seed}:{song.name}:{operation}")
-    return draw_triplet(rng, song, operation, [c.lower() for c in classes], seconds, dialect)
+                      dialect: str = "slakh", target: str | None = None) -> Triplet:
+    rng = random.Random(f"{seed}:{song.name}:{operation}" + (f":{target}" if target else ""))
+    return draw_triplet(rng, song, operation, [c.lower() for c in classes], seconds, dialect, target=target)
 
 
 def near_silent(x: torch.Tensor, y: torch.Tensor) -> bool:

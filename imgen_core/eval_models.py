@@ -1,5 +1,6 @@
 """The embedding models behind the paper's CLAP score, FAD and KL, from the packages the official
-evaluation uses (the eval extra, `pip install ".[eval]"`, see the README). Each loader
+evaluation uses (the eval extra, `pip install ".[eval]"`, see the README), and the note model
+behind the note metrics (transcription.py; not in the paper). Each loader
 returns a small object with one method, or raises `Unavailable` with one line saying why and
 what would make it available; the evaluation then skips that metric and says so.
 
@@ -14,7 +15,7 @@ import torch
 
 from .errors import about, setting_of
 
-METRIC_MODELS = ("clap", "fad", "kl")
+METRIC_MODELS = ("clap", "fad", "kl", "notes")
 CLAP_RATE = 48000
 CLAP_REPO, CLAP_FILE = "lukewys/laion_clap", "music_audioset_epoch_15_esc_90.14.pt"
 
@@ -104,12 +105,26 @@ class Panns:
         return probs.log() - (-probs).log1p()  # the network's sigmoid, undone
 
 
+def _note_model():
+    from . import transcription
+    for module, package in (("mir_eval", "mir_eval"), ("mido", "mido")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise Unavailable(f"{module} is not installed; pip install {package}") from None
+    try:
+        return transcription.NoteModel()
+    except transcription.Unavailable as e:
+        raise Unavailable(str(e)) from None
+
+
 def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bool = False,
          report=print, hints: dict[str, str] | None = None) -> dict:
     """The models for the metrics `names` (among METRIC_MODELS) that can be had: {name: model};
     one line through `report` for each that cannot, with the caller's hint for the setting at
     fault (`hints`: setting -> text) where there is one."""
-    loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns}
+    loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns,
+               "notes": _note_model}
     models = {}
     for name in names:
         try:

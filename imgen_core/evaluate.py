@@ -5,7 +5,10 @@ song and the operation only; each is edited with a seed of its own, so any split
 over processes (torchrun) gives the same per-clip numbers. Per clip: SSIM of the 16 kHz mel
 spectrograms, SI-SDR and SI-SDRi (remove, extract), CLAP score and KL (when their models are
 available); per operation and stem: their means and the FAD (VGGish) of the edited clips against
-the targets. Written to the output folder: clips.csv, clips.jsonl, summary.json, summary.md and
+the targets. Where the songs' MIDI is known (Slakh2100 layout) and basic-pitch's note model can
+run, also note precision, recall and F1 of the edited clip against the notes of the output's
+stems, and the F1 of the target clip itself (`note_f1_target`: what the transcription reaches on
+the right answer, the metric's ceiling). Written to the output folder: clips.csv, clips.jsonl, summary.json, summary.md and
 the audio of every clip (input, target, edited).
 """
 from __future__ import annotations
@@ -33,9 +36,10 @@ from .take import render_mode
 
 SEPARATION = ("remove", "extract")  # the operations with one right answer, where SI-SDR means something
 RESULT_FILES = ("clips.csv", "clips.jsonl", "summary.json", "summary.md", "audio")
+NOTES = ("note_precision", "note_recall", "note_f1", "note_f1_target")
 COLUMNS = ("clip", "operation", "target", "song", "start", "instruction", "input_stems", "output_stems",
-           "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
-MEANS = ("clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
+           "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri", *NOTES)
+MEANS = ("clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri", *NOTES)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class EvalSettings:
     classes: tuple[str, ...] | None = None  # default: the adapter's stems
     seconds: float = 5.0  # the paper's clip length
     limit: int | None = None  # songs per operation (the first ones), for a quick look
+    every_stem: bool = False  # one clip per song, operation and target class present (the paper: one per song)
     render: str = "model"  # the paper scored the model's own output
     sampling: Sampling = Sampling()
     threads: int = ranks.REPRODUCIBLE_THREADS  # per process: results do not depend on how the run is split
@@ -74,20 +79,21 @@ def clip_seed(seed: int, clip: str) -> int:
     return zlib.crc32(f"{seed}:{clip}".encode())
 
 
-def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, object, str]]:
+def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, object, str, str | None]]:
     songs = read_songs(settings.layout, settings.data) if songs is None else songs
-    clips = eval_triplets(songs, classes, settings.operations)
-    if settings.limit is not None:
-        kept = {op: [c for c in clips if c[2] == op][:settings.limit] for op in settings.operations}
-        clips = [c for op in settings.operations for c in kept[op]]
+    clips = eval_triplets(songs, classes, settings.operations, settings.every_stem)
+    if settings.limit is not None:  # the clips of the first `limit` songs
+        first = set(list(dict.fromkeys(c[1].name for c in clips))[:settings.limit])
+        clips = [c for c in clips if c[1].name in first]
     return clips
 
 
 def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, models: dict,
-               audio_dir: Path | None) -> tuple[dict, dict]:
-    """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured)."""
+               audio_dir: Path | None, target: str | None = None) -> tuple[dict, dict]:
+    """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured). `target`:
+    the stem to edit, or None to draw it."""
     seed = settings.sampling.seed
-    t = draw_eval_triplet(song, operation, classes, settings.seconds, seed, editor.dialect)
+    t = draw_eval_triplet(song, operation, classes, settings.seconds, seed, editor.dialect, target)
     sampling = dataclasses.replace(settings.sampling, seed=clip_seed(seed, clip))
     edited, rate = editor.edit_audio(t.input, SAMPLE_RATE, t.text, sampling, render=settings.render)
     edited = edited[0].mean(0)  # mono, as every metric takes it
@@ -110,10 +116,26 @@ def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operati
         row["clap"] = metrics.cosine(models["clap"].text(caption), models["clap"].audio(audio48))
     if "kl" in models:
         row.update(metrics.kl_divergences(models["kl"].logits(pred[0].numpy()), models["kl"].logits(target[0].numpy())))
+    if "notes" in models:
+        row.update(note_row(models["notes"], song, t, edited, rate, settings.seconds))
     frames = {}
     if "fad" in models:
         frames = {"edited": models["fad"].frames(pred[0].numpy()), "target": models["fad"].frames(target[0].numpy())}
     return row, frames
+
+
+def note_row(model, song, t, edited, rate: int, seconds: float) -> dict:
+    """The note metrics of one clip, when the notes of its output are known and pitched (none
+    for a drums-only output, or a song without MIDI)."""
+    from .midi_file import notes_between
+    if not song.notes_known(t.output_classes):
+        return {}
+    reference = notes_between([p for c in t.output_classes for p in song.midi.get(c, ())], t.start, seconds)
+    if not reference:
+        return {}
+    row = metrics.note_scores(reference, model.notes(edited.numpy(), rate))
+    row["note_f1_target"] = metrics.note_scores(reference, model.notes(t.output.numpy(), SAMPLE_RATE))["note_f1"]
+    return row
 
 
 def summarise(rows: list[dict], frames: dict[str, dict]) -> list[dict]:
@@ -143,7 +165,7 @@ def summarise(rows: list[dict], frames: dict[str, dict]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    names = [n for n in ("clips", "fad", "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri")
+    names = [n for n in ("clips", "fad", "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri", *NOTES)
              if any(n in e for e in summary)]
     lines = ["| operation | stem | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
     for e in summary:
@@ -179,9 +201,9 @@ def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool =
     out = Path(settings.out)
     rows, frames = [], {}
     with ranks.fixed_threads(settings.threads):
-        for done, (index, (clip, song, op)) in enumerate(mine, start=1):
+        for done, (index, (clip, song, op, target)) in enumerate(mine, start=1):
             row, clip_frames = score_clip(editor, settings, classes, clip, song, op, models,
-                                          out / "audio" if keep_audio else None)
+                                          out / "audio" if keep_audio else None, target)
             rows.append((index, row))
             if clip_frames:
                 frames[clip] = clip_frames

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -136,3 +137,21 @@ def clap_caption(operation: str, target: str, output_classes) -> str:
     if operation == "add":
         return f"{stem} {' '.join(c.title() for c in output_classes)} music"
     return f"{stem} music"
+
+
+def note_scores(reference, estimate) -> dict[str, float]:
+    """Note precision, recall and F1 of `estimate` against `reference` (both [(onset s, offset s,
+    MIDI pitch)]): mir_eval's transcription metric with onsets within 50 ms and pitches within 50
+    cents, offsets ignored. `reference` must hold at least one note."""
+    from mir_eval.transcription import precision_recall_f1_overlap
+
+    def arrays(notes):
+        intervals = np.array([[a, max(b, a + 1e-3)] for a, b, _ in notes], dtype=np.float64).reshape(-1, 2)
+        return intervals, 440.0 * 2.0 ** ((np.array([p for *_, p in notes], dtype=np.float64) - 69) / 12)
+    if not reference:
+        raise ValueError("note scores need at least one reference note")
+    (ref_i, ref_p), (est_i, est_p) = arrays(reference), arrays(estimate)
+    with warnings.catch_warnings():  # no estimated note is a score of 0, not a warning
+        warnings.simplefilter("ignore")
+        precision, recall, f1, _ = precision_recall_f1_overlap(ref_i, ref_p, est_i, est_p, offset_ratio=None)
+    return {"note_precision": float(precision), "note_recall": float(recall), "note_f1": float(f1)}

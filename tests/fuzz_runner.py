@@ -1,11 +1,12 @@
-"""Mutates valid weight files at random and reads every mutant with the reader of its format:
-each must load or be refused with our CheckpointError, in bounded time and memory. Any other
-exception, or a crash of this process, is a failure.
+"""Mutates valid files at random and reads every mutant with the reader of its format: each must
+load or be refused with our error (CheckpointError for weights, DatasetError for MIDI files), in
+bounded time and memory. Any other exception, or a crash of this process, is a failure.
 
     python tests/fuzz_runner.py SEED CASES SECONDS OUT.jsonl FILE...
 
 FILEs are torch.save files (read as a base LM when named *.bin, as the official checkpoint when
-*.ckpt, as a plain torch.save dict otherwise) or our adapters (*.safetensors). A torch.save
+*.ckpt, as a plain torch.save dict otherwise), our adapters (*.safetensors) or Standard MIDI
+Files (*.mid, read for their notes). A torch.save
 file's mutants are of two kinds: bytes of the whole file changed (the archive's checks meet
 them) and bytes of its pickle changed, then packed into a well-formed archive again (the pickle
 interpreter meets them). OUT gets one line a case as it starts and one as it ends, so a crash
@@ -78,7 +79,10 @@ def reader_for(path: Path):
     from imgen_core.adapter_file import read_adapter
     from imgen_core.audiocraft_lm import read_audiocraft_lm
     from imgen_core.official_checkpoint import read_official_checkpoint
+    from imgen_core.midi_file import read_notes
     from imgen_core.safe_pickle import safe_load
+    if path.suffix == ".mid":
+        return read_notes
     if path.suffix == ".safetensors":
         return read_adapter
     if path.suffix == ".bin":
@@ -91,6 +95,7 @@ def reader_for(path: Path):
 def main() -> int:
     import torch  # noqa: F401 - imported before measuring
     from imgen_core.checkpoints import CheckpointError
+    from imgen_core.data import DatasetError
     seed, cases, seconds, out = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
     sources = [Path(p) for p in sys.argv[5:]]
     originals = {p: p.read_bytes() for p in sources}
@@ -107,7 +112,7 @@ def main() -> int:
             if source.suffix == ".safetensors":
                 header = 8 + int.from_bytes(data[:8], "little")
                 data = mutate(data, rng, 0, header if rng.random() < 0.9 else len(data))
-            elif rng.random() < 0.7:
+            elif source.suffix != ".mid" and rng.random() < 0.7:
                 data = repacked(source, rng)
             else:
                 data = mutate(data, rng)
@@ -121,7 +126,7 @@ def main() -> int:
             try:
                 reader_for(source)(mutant)
                 outcome = "loaded"
-            except CheckpointError:
+            except (CheckpointError, DatasetError):
                 outcome = "refused"
             except Exception:  # noqa: BLE001 - anything else is what the fuzzer looks for
                 outcome = "failed"

@@ -1,10 +1,11 @@
-"""Mutated weight files: each must load or be refused with our error, in bounded time and
+"""Mutated weight and MIDI files: each must load or be refused with our error, in bounded time and
 memory, never crash or raise anything else (tests/fuzz_runner.py, in its own process so that a
 crash is seen)."""
 import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from imgen_core.tiny import write_official_checkpoint
@@ -27,15 +28,27 @@ def test_mutated_weight_files_load_or_are_refused(tmp_path, tiny_files):
     for name in FIXTURE_NAMES:
         if (FIXTURES / name / "reference.pt").is_file():
             sources += [FIXTURES / name / "base_state_dict.bin", FIXTURES / name / "instruct_checkpoint.ckpt"]
-    out = tmp_path / "fuzz.jsonl"
-    run = subprocess.run([sys.executable, str(REPO / "tests" / "fuzz_runner.py"), "0", str(CASES), str(SECONDS),
-                          str(out), *map(str, sources)], capture_output=True, text=True, timeout=SECONDS + 120,
+    summary = fuzz(tmp_path / "fuzz.jsonl", sources, CASES, SECONDS)
+    assert summary["cases"] >= 1000 and summary["summary"]["refused"] > 0 and summary["summary"]["loaded"] > 0
+    assert summary["seconds"] < 10 and summary["peak_mb"] < 200
+
+
+def test_mutated_midi_files_are_read_or_refused(tmp_path, rendered_slakh):
+    pytest.importorskip("mido")
+    sources = sorted(rendered_slakh.glob("Track00001/MIDI/*.mid")) + [rendered_slakh / "Track00001" / "all_src.mid"]
+    summary = fuzz(tmp_path / "fuzz.jsonl", sources, 3000, 30)
+    assert summary["cases"] >= 1000 and summary["summary"]["refused"] > 0 and summary["summary"]["loaded"] > 0
+    assert summary["seconds"] < 5 and summary["peak_mb"] < 100
+
+
+def fuzz(out, sources, cases: int, seconds: float) -> dict:
+    """Run fuzz_runner.py on `sources`; its summary, after checking that nothing failed."""
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "fuzz_runner.py"), "0", str(cases), str(seconds),
+                          str(out), *map(str, sources)], capture_output=True, text=True, timeout=seconds + 120,
                          cwd=REPO)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     failures = [r["failed"] for r in lines if isinstance(r.get("failed"), str)]
     assert not failures, failures[0]
     assert run.returncode == 0, (run.stderr[-2000:], lines[-1])  # a crash leaves its case started, unfinished
-    summary = lines[-1]
-    print(f"fuzz: {summary}")
-    assert summary["cases"] >= 1000 and summary["summary"]["refused"] > 0 and summary["summary"]["loaded"] > 0
-    assert summary["seconds"] < 10 and summary["peak_mb"] < 200
+    print(f"fuzz: {lines[-1]}")
+    return lines[-1]
