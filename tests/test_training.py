@@ -22,13 +22,16 @@ def recompute(song_stems, classes, start, seconds):
 
 
 @pytest.fixture(scope="module")
-def slakh(tmp_path_factory):
-    return make_slakh(tmp_path_factory.mktemp("slakh"))
+def slakh(rendered_slakh):
+    return rendered_slakh
 
 
 def test_slakh_triplets_follow_the_rules(slakh):
     songs = read_slakh(slakh)
-    assert [sorted(s.stems) for s in songs][0] == ["bass", "drums", "guitar", "piano", "strings"]
+    for song in songs:  # the classes as the metadata names them, every stem a file
+        meta = yaml.safe_load((slakh / song.name / "metadata.yaml").read_text())
+        assert sorted(song.stems) == sorted({i["inst_class"].lower() for i in meta["stems"].values()})
+        assert sum(map(len, song.stems.values())) == len(meta["stems"])
     ds = TripletDataset(songs, ["drums", "bass", "piano", "guitar"], seconds=1.0, seed=3, length=24)
     by_name = {s.name: s for s in songs}
     seen_ops = set()
@@ -162,10 +165,11 @@ def test_resume_continues_from_the_exact_step_with_the_same_data(tmp_path, tiny_
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
-def test_training_learns_the_toy_task_and_the_adapter_loads(tmp_path, tiny_files, folders):
+def test_training_on_rendered_music_learns_and_the_adapter_loads(tmp_path, tiny_files, rendered_slakh):
     from imgen_core.loader import load_model
     from imgen_core.train import TrainConfig, Trainer, token_accuracy
-    cfg = TrainConfig.from_file(train_config(tmp_path, tiny_files, folders, steps=60, lr=5e-3, batch_size=4,
+    cfg = TrainConfig.from_file(train_config(tmp_path, tiny_files, rendered_slakh, dataset_layout="slakh", steps=60,
+                                             lr=5e-3, batch_size=4,
                                              grad_accum=1, save_every=1000, val_every=60, val_samples=1))
     trainer = Trainer(cfg, log=lambda s: None)
     held_out = TripletDataset(trainer.dataset.songs, cfg.classes, cfg.seconds, cfg.operations, seed=999, length=8)
@@ -180,11 +184,11 @@ def test_training_learns_the_toy_task_and_the_adapter_loads(tmp_path, tiny_files
     trainer.fit()
     after = accuracy(trainer)
     losses = [r["loss"] for r in log_records(Path(cfg.out_dir))]
-    # Codes that carry information make the task a real one: 60 steps lower the loss by about
-    # half a nat (4.7 -> 4.2) and raise held-out token accuracy (0.010 -> 0.044 here, chance is
-    # 1/64); a trainer that does not learn does neither.
-    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3, losses
-    assert after > before + 0.02, (before, after)
+    # Triplets of rendered songs (Slakh layout) and codes that carry information make the task a
+    # real one: 60 steps lower the loss by 0.7 nat (4.22 -> 3.49) and raise held-out token
+    # accuracy (0.012 -> 0.214 here, chance is 1/64); a trainer that does not learn does neither.
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.4, losses
+    assert after > before + 0.1, (before, after)
     assert {"loss_add", "loss_remove", "loss_extract"} & set(log_records(Path(cfg.out_dir))[-1])
     assert list((Path(cfg.out_dir) / "samples").rglob("*_edited.wav"))
     model, meta = load_model(tiny_files["base"], Path(cfg.out_dir) / "adapter.safetensors")
