@@ -225,10 +225,22 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _demo_songs():
+    """(song(seconds, seed) -> stereo 44.1 kHz clip, what it is): music rendered from MIDI when
+    tinysoundfont and a SoundFont are installed, else synthetic tones."""
+    from . import music, synthetic
+    from .synthesis import MissingPart, prepare
+    try:
+        font = prepare()
+    except MissingPart as e:
+        print(f"imgen demo: synthetic tones stand in for music ({e})", file=sys.stderr)
+        return synthetic.song, "synthesized"
+    return (lambda seconds, seed: music.song(seconds, seed, font=font)), f"rendered ({font.name})"
+
+
 def cmd_demo(args) -> int:
     from .audio import write_audio
     from .sampling import Sampling
-    from .synthetic import song
     from .tiny import tiny_editor
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -236,6 +248,7 @@ def cmd_demo(args) -> int:
     print("imgen demo: an offline self-check with a TINY RANDOM model. It runs the whole pipeline\n"
           "(resample, EnCodec, T5, fused LM with guidance, decode) but random weights make noise,\n"
           "not music. For real edits see `imgen edit --help` and the README.", file=sys.stderr)
+    song, kind = _demo_songs()
     editor = tiny_editor(seed=args.seed)
     sampling = Sampling(seed=args.seed)
     clip = song(args.seconds, seed=0)
@@ -247,7 +260,7 @@ def cmd_demo(args) -> int:
     take = edited(clip, text, _progress_bar("editing"))
     result, rate = editor.render(take, "model", channels="mono")
     write_audio(out, result[0], rate, overwrite=args.overwrite)
-    print(f"ok: edited a {args.seconds:.1f} s synthesized stereo 44.1 kHz clip with {text!r}; wrote {out} "
+    print(f"ok: edited a {args.seconds:.1f} s {kind} stereo 44.1 kHz clip with {text!r}; wrote {out} "
           f"({result.shape[-1] / rate:.2f} s, {rate} Hz mono)", file=sys.stderr)
     tokens = take.codes
     # The pipeline passes information through, or something in it is broken.

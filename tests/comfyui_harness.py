@@ -29,7 +29,8 @@ TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tin
         "dtype": "auto"}
 SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
         "encodec": "slow-encodec"}
-# What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, and corrupt.wav).
+# What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, and corrupt.wav):
+# songs rendered from MIDI (imgen_core.music), or tones where rendering is not installed.
 SONG_SECONDS = 3.0
 CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
 INPUT_CHANNELS = {"song.wav": 2, "other song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
@@ -83,13 +84,29 @@ def start_test_server(base: Path) -> "ComfyServer | None":
     _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
     srv = ComfyServer(comfy_dir, python, base, description)
     srv.input_dir.mkdir(exist_ok=True)
-    write_audio(srv.input_dir / "song.wav", tone(SONG_SECONDS, 44100, 2, 220.0, level=0.3, spread=0.1), 44100)
-    write_audio(srv.input_dir / "other song.wav", tone(SONG_SECONDS, 44100, 2, 330.0, level=0.3, spread=0.1), 44100)
+    music, srv.inputs = input_music()
+    write_audio(srv.input_dir / "song.wav", music(SONG_SECONDS, 44100, 2, 1), 44100)
+    write_audio(srv.input_dir / "other song.wav", music(SONG_SECONDS, 44100, 2, 2), 44100)
     for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
-        write_audio(srv.input_dir / name, tone(seconds, 48000, 1, 300.0 + 50 * i, level=0.3), 48000)
-    write_audio(srv.input_dir / "long.wav", tone(12.0, 44100, 2, 440.0, level=0.3, spread=0.1), 44100)
+        write_audio(srv.input_dir / name, music(seconds, 48000, 1, 3 + i), 48000)
+    write_audio(srv.input_dir / "long.wav", music(12.0, 44100, 2, 6), 44100)
     (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
     return srv.start()
+
+
+def input_music():
+    """(music(seconds, rate, channels, seed) -> [channels, T], what it is): songs rendered from
+    MIDI, or, where rendering is not installed, tones (said once, loudly)."""
+    from imgen_core import music
+    from imgen_core.synthesis import MissingPart, prepare
+    try:
+        font = prepare()
+    except MissingPart as e:
+        print(f"\nComfyUI test inputs are TONES, not music: {e}")
+        return (lambda seconds, rate, channels, seed: tone(seconds, rate, channels, 150.0 + 60 * seed, level=0.3,
+                                                           spread=0.1 * (channels > 1))), "tones"
+    return (lambda seconds, rate, channels, seed: music.song(seconds, seed, rate, channels, font=font)), \
+        f"songs rendered with {font.name}"
 
 
 def free_port() -> int:
@@ -106,6 +123,7 @@ class ComfyServer:
         self.input_dir, self.output_dir = base / "input", base / "output"
         self.log_path = base / "comfyui.log"
         self.proc = None
+        self.inputs = "tones"  # what the input folder's songs are
 
     def start(self, timeout: float = 300):
         custom = self.base / "custom_nodes"

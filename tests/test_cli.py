@@ -40,6 +40,23 @@ def test_demo_checks_that_the_pipeline_carries_information(tmp_path, capsys):
     assert "FAILED" not in err
 
 
+def test_demo_edits_rendered_music_or_says_that_tones_stand_in(tmp_path, capsys, monkeypatch):
+    import sys
+    from imgen_core.synthesis import MissingPart, prepare
+    try:
+        font = prepare()
+    except MissingPart:
+        font = None
+    if font is not None:
+        assert main(["demo", "-o", str(tmp_path / "a.wav"), "--seconds", "1.0"]) == 0
+        assert f"s rendered ({font.name}) stereo 44.1 kHz clip" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tinysoundfont", None)  # as on a machine without it
+    assert main(["demo", "-o", str(tmp_path / "b.wav"), "--seconds", "1.0"]) == 0
+    err = capsys.readouterr().err
+    assert "synthetic tones stand in for music (rendering music needs tinysoundfont" in err
+    assert "s synthesized stereo 44.1 kHz clip" in err
+
+
 @pytest.fixture
 def stereo_wav(tmp_path):
     path = tmp_path / "in.wav"

@@ -325,3 +325,22 @@ def test_a_part_renders_the_same_whatever_was_rendered_before(font):
         synthesis.render_part(part, 4.0, font)
     after = [synthesis.render_part(part, 4.0, font) for part in song.parts]
     assert all(np.array_equal(a, b) for a, b in zip(alone, after))
+
+
+def test_the_stereo_mix_of_the_demo_and_the_benchmarks(font):
+    """music.py: the same songs, levelled and panned as a mix engineer would; their sum is the song."""
+    import torch
+
+    from imgen_core import music
+    stems = music.stems(4.0, seed=0, font=font)
+    assert {"drums", "bass", "piano", "guitar"} <= set(stems)
+    assert all(s.shape == (2, 4 * RATE) for s in stems.values())
+    mix = music.song(4.0, seed=0, font=font)
+    assert torch.allclose(mix, sum(stems.values()), atol=1e-6) and abs(float(mix.abs().max()) - music.PEAK) < 1e-4
+    assert torch.equal(stems["drums"][0], stems["drums"][1])                 # in the middle
+    left, right = stems["guitar"].pow(2).sum(1)
+    assert left > 2 * right                                                    # guitar to the left
+    assert torch.equal(mix, music.song(4.0, seed=0, font=font))                # the same seed, the same song
+    assert not torch.equal(mix, music.song(4.0, seed=1, font=font))
+    mono48 = music.song(1.0, seed=0, sample_rate=48000, channels=1, font=font)
+    assert mono48.shape == (1, 48000)
