@@ -312,7 +312,7 @@ def cmd_eval(args) -> int:
     from .data import read_songs
     from .defaults import pick_device
     from .editor import Editor
-    from .evaluate import RESULT_FILES, EvalSettings, evaluate, markdown
+    from .evaluate import RESULT_FILES, EvalSettings, check_midi, evaluate, markdown
     from .files import check_writable_folder
     skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
     if any(m not in eval_models.METRIC_MODELS for m in skip):
@@ -334,11 +334,13 @@ def cmd_eval(args) -> int:
                               f"--overwrite")
     rank, size = ranks.world()
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
-    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
-                                    offline=True if args.offline else None)
     wanted = [m for m in eval_models.METRIC_MODELS if m not in skip]
     models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
                               offline=bool(args.offline), report=report, hints=HINTS)
+    if "notes" in models:
+        check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
+    editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
+                                    offline=True if args.offline else None)
     summary = evaluate(editor, settings, models, keep_audio=not args.no_audio, songs=songs,
                        progress=_progress_bar(f"clips (process {rank})" if size > 1 else "clips", unit="clip"))
     ranks.leave()

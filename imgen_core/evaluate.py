@@ -124,6 +124,16 @@ def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operati
     return row, frames
 
 
+def check_midi(songs) -> None:
+    """Read every MIDI file the note metrics may use (each a few KB), so that a malformed one is
+    refused, naming it, before any clip is edited."""
+    from .midi_file import read_notes
+    for song in songs:
+        for paths in song.midi.values():
+            for path in paths:
+                read_notes(path)
+
+
 def note_row(model, song, t, edited, rate: int, seconds: float) -> dict:
     """The note metrics of one clip, when the notes of its output are known and pitched (none
     for a drums-only output, or a song without MIDI)."""

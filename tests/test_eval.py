@@ -263,3 +263,19 @@ def test_eval_refusals_say_what_is_accepted(tmp_path, tiny_files, capsys):
                  *tiny_args(tiny_files)]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_midi_file_is_refused_before_the_model_loads(tmp_path, tiny_files, capsys, monkeypatch):
+    from imgen_core import eval_models
+    from imgen_core.cli import main
+    from imgen_core.editor import Editor
+    if "notes" not in eval_models.load(["notes"], report=lambda line: None):
+        pytest.skip("MIDI files are read only for the note metrics, whose model is not installed here")
+    data = make_slakh(tmp_path / "data", songs=1, kinds=("Drums", "Bass"), seconds=1.0)
+    (data / "Track00000" / "MIDI").mkdir()
+    (data / "Track00000" / "MIDI" / "S01.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01")
+    monkeypatch.setattr(Editor, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("the model loaded first")))
+    assert main(["eval", "--data", str(data), "--layout", "slakh", "--out", str(tmp_path / "o"), "--skip", "clap,fad,kl",
+                 *tiny_args(tiny_files)]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable MIDI file" in err and "Track00000/MIDI/S01.mid" in err, err
