@@ -5,6 +5,9 @@
 
 Each measurement edits a synthesized stereo 44.1 kHz song end to end (resample, encode, windowed
 edit, decode, back to 44.1 kHz stereo). Peak RSS is measured in a fresh process per length.
+Synthetic tones, not rendered music, on purpose: what an edit costs is set by the length (windows
+and decoding steps), not by the notes, and rendering ten minutes of music in the measured
+process would weigh in its peak.
 """
 from __future__ import annotations
 
