@@ -140,7 +140,7 @@ def _audio(path: Path, samples: np.ndarray):
 
 def write_slakh_track(out: Path, index: int, song: Song, stems: list[np.ndarray], gain: float, font: str) -> Path:
     track = out / f"Track{index + 1:05d}"
-    meta = {"UUID": _uuid(song, index).hex, "audio_dir": "stems", "lmd_midi_dir": None, "midi_dir": "MIDI",
+    meta = {"UUID": _uuid(song, index).hex, "audio_dir": "stems", "lmd_midi_dir": "", "midi_dir": "MIDI",
             "normalization_factor": NORMALIZATION, "normalized": True, "overall_gain": gain, "stems": {},
             "target_peak": TARGET_PEAK}
     for j, (part, samples) in enumerate(zip(song.parts, stems)):

@@ -168,7 +168,7 @@ def test_the_set_has_slakhs_layout_and_metadata(rendered, font):
         meta, stems, mix = read_track(track)
         assert set(meta) == SLAKH_TRACK_KEYS, track.name
         assert meta["audio_dir"] == "stems" and meta["midi_dir"] == "MIDI" and meta["normalized"] is True
-        assert meta["normalization_factor"] == -13.0 and meta["target_peak"] == -1.0
+        assert meta["normalization_factor"] == -13.0 and meta["target_peak"] == -1.0 and meta["lmd_midi_dir"] == ""
         assert 0 < meta["overall_gain"] < 1 and len(meta["UUID"]) == 32
         assert sorted(meta["stems"]) == [f"S{i:02d}" for i in range(len(meta["stems"]))]
         assert sorted(p.name for p in (track / "stems").iterdir()) == [f"{s}.flac" for s in sorted(meta["stems"])]
