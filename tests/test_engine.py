@@ -1,9 +1,12 @@
 """The optimized decode path against the reference path."""
+import dataclasses
+
 import pytest
 import torch
 
 from imgen_core import pattern
-from imgen_core.generate import eager_step, generate, loop, prefill, prepare, take_step
+from imgen_core import generate as engine
+from imgen_core.generate import CheckedStep, eager_step, generate, loop, prefill, prepare, take_step
 from imgen_core.sampling import Sampling
 from imgen_core.tiny import TINY_LM, tiny_model
 from support import GREEDY, conditional_text
@@ -90,6 +93,46 @@ def test_the_captured_steps_attention_decodes_the_eager_tokens(fixture, load_fix
     sampled = [_decode(model, ref, step, Sampling(top_k=50), generator=torch.Generator().manual_seed(7))
                for step in (eager_step, whole_cache_step)]
     assert torch.equal(*sampled) and not torch.equal(sampled[0], ref["gen_tokens"])
+
+
+def stale_position_step(lm, d, sampler):
+    """A captured step gone wrong: it reads the position it was captured at (0), not the one
+    each replay is given."""
+    return lambda offset: take_step(lm, d, sampler, torch.tensor([0]), kv_len=d.steps)
+
+
+def stale_instruction_step(lm, d, sampler):
+    """A captured step gone wrong the other way: the right position, but it reads the keys and
+    values of another window's instruction (here: none), so it writes wrong tokens into the
+    columns it decides."""
+    other = dataclasses.replace(d, cross_kv=[(torch.zeros_like(k), torch.zeros_like(v)) for k, v in d.cross_kv])
+    return lambda offset: take_step(lm, other, sampler, torch.tensor([offset - 1]), kv_len=d.steps)
+
+
+def test_the_graph_self_check_passes_a_right_step_and_catches_a_stale_position(fixture, load_fixture, recwarn,
+                                                                               monkeypatch):
+    """The check of a graph's first replay, on the CPU with the captured step simulated by the
+    whole-cache step: a right one passes without a word and decodes the official tokens; one
+    that reads a stale position is caught at once, warned about once, and the window decoded
+    eagerly still gives the official tokens."""
+    path, ref = fixture
+    model, _ = load_fixture(path)
+    model.merge_lora()
+    monkeypatch.setattr(engine, "_warned", set())
+
+    def checked(fast):
+        return lambda lm, d, sampler: CheckedStep(fast(lm, d, sampler), lm, d, sampler)
+    assert torch.equal(_decode(model, ref, checked(whole_cache_step)), ref["gen_tokens"])
+    assert engine.last_graph_check["ok"] and engine.last_graph_check["error"] < 1e-5
+    assert not [w for w in recwarn if "CUDA graph" in str(w.message)]
+    for broken in (stale_position_step, stale_instruction_step, stale_position_step):  # three windows, one warning
+        assert torch.equal(_decode(model, ref, checked(broken)), ref["gen_tokens"]), broken.__name__
+        assert not engine.last_graph_check["ok"] and engine.last_graph_check["error"] > 2 * engine.GRAPH_TOLERANCE
+    warned = [str(w.message) for w in recwarn if "CUDA graph" in str(w.message)]
+    assert len(warned) == 1 and "disagrees with the eager step" in warned[0] and "decoding eagerly" in warned[0]
+    # unchecked, the broken steps decode other tokens: the check is what saves the window
+    for broken in (stale_position_step, stale_instruction_step):
+        assert not torch.equal(_decode(model, ref, broken), ref["gen_tokens"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
