@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import torch
+
 MODEL_EXTENSIONS = {".bin", ".ckpt", ".safetensors", ".pt", ".pth"}
 FOLDERS = ("musicgen", "instruct_musicgen")
 
@@ -42,20 +44,66 @@ def model_file(folder: str, name: str) -> str:
     return path
 
 
-def make_patcher(module):
+def torch_device():
+    import comfy.model_management as mm
+    return mm.get_torch_device()
+
+
+def make_patcher(module, on_unload=None):
+    """A plain ModelPatcher for `module`; `on_unload()` is called when ComfyUI unloads it where
+    there is nowhere to move it (offload device = load device: the CPU), so that the caller can
+    drop the weights instead of keeping them where they are."""
     import comfy.model_management as mm
     import comfy.model_patcher
-    return comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
+    patcher = comfy.model_patcher.ModelPatcher(module, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+    if getattr(patcher, "is_dynamic", lambda: False)():
+        # a dynamic patcher moves buffers without Module._apply, which would leave the CPU's packed
+        # int8 layers packed around empty weights, and loads models part by part
+        raise RuntimeError("this ComfyUI gave Instruct-MusicGen a dynamic ModelPatcher, which it cannot run on; "
+                           "start ComfyUI with --disable-dynamic-vram, or report this with your ComfyUI version")
+    if on_unload is not None and hasattr(patcher, "add_callback"):  # ComfyUI since late 2024
+        from comfy.patcher_extension import CallbacksMP
+
+        def detached(p, unpatch_all):
+            if unpatch_all and torch.device(p.load_device) == torch.device(p.offload_device):
+                on_unload()
+        patcher.add_callback(CallbacksMP.ON_DETACH, detached)
+    return patcher
 
 
 def load_to_device(patcher, memory_required: int = 0):
-    """Ask ComfyUI to make room and put every weight on the load device."""
+    """Ask ComfyUI to make room for `memory_required` bytes of working memory and put every
+    weight on the load device; a clear error names what it left elsewhere."""
     import comfy.model_management as mm
     try:
         mm.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
     except TypeError:  # older ComfyUI: no force_full_load
         mm.load_models_gpu([patcher], memory_required=memory_required)
+    check_on_device(patcher.model, patcher.load_device)
+
+
+def check_on_device(module, device):
+    """Every parameter and buffer of `module` on `device`, or a RuntimeError naming those that
+    are not (ComfyUI loads models part by part under --novram, and under --lowvram without
+    force_full_load)."""
+    device = torch.device(device)
+    left = [(name, t.device) for name, t in [*module.named_parameters(), *module.named_buffers()]
+            if not _same(t.device, device)]
+    if left:
+        shown = ", ".join(f"{name} ({where})" for name, where in left[:3]) + (" ..." if len(left) > 3 else "")
+        raise RuntimeError(f"ComfyUI left {len(left)} of Instruct-MusicGen's weights off {device}: {shown}. "
+                           f"The model runs with all its weights on one device: start ComfyUI without --novram "
+                           f"(and, with --lowvram, free memory or pick int8 in the loader)")
+
+
+def _same(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+def empty_device_cache():
+    import comfy.model_management as mm
+    mm.soft_empty_cache()
 
 
 def progress_callback():

@@ -35,7 +35,11 @@ class InstructMusicGenEncode:
         }}
 
     def encode(self, model, audio):
-        return (model.ready().encode(audio["waveform"], int(audio["sample_rate"])),)
+        wav, rate = audio["waveform"], int(audio["sample_rate"])
+        # (the sizes only say how much room to ask for; encode checks the audio itself)
+        batch, seconds = (wav.shape[0] if wav.dim() == 3 else 1), (wav.shape[-1] / rate if wav.dim() and rate > 0 else 0)
+        editor = model.ready(batch, seconds=seconds)
+        return (editor.encode(wav, rate),)
 
 
 class InstructMusicGenEdit:
@@ -92,10 +96,10 @@ class InstructMusicGenEdit:
                             ("fade_seconds", fade_seconds)):
             if not math.isfinite(value):  # NaN passes ComfyUI's min/max checks
                 raise ValueError(f"{name} must be a finite number of seconds, got {value}")
-        editor = model.ready()
-        text = editor.instruction(operation, stem, instruction.strip() or None)
         sampling = Sampling(guidance=guidance, top_k=top_k, temperature=temperature, window_seconds=window_seconds,
                             overlap_seconds=overlap_seconds, seed=seed)
+        editor = model.ready(codes.codes.shape[0], sampling)
+        text = editor.instruction(operation, stem, instruction.strip() or None)
         ranged = start_seconds > 0 or end_seconds > 0  # both 0: the whole song
         span = {"start": start_seconds, "end": end_seconds or None, "fade": fade_seconds} if ranged else {}
         return (editor.edit(codes, text, sampling, progress=comfy_glue.progress_callback(), **span),)
@@ -130,7 +134,7 @@ class InstructMusicGenDecode:
         }}
 
     def decode(self, model, codes, sample_rate="input", channels="input", render="auto"):
-        editor = model.ready()
+        editor = model.ready(codes.codes.shape[0], seconds=codes.codes.shape[-1] / codes.frame_rate)
         try:
             # sample_rate and channels shape the model's output over the whole song; elsewhere the
             # result has the input's form (see the tooltips)

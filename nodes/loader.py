@@ -77,7 +77,7 @@ class InstructMusicGenLoader:
     # run, so newly added files count) reports a missing file once, naming the input.
 
     def load(self, base, adapter, t5, encodec, dtype):
-        resident, _ = get_editor(comfy_glue.model_file("musicgen", base),
+        resident = get_editor(comfy_glue.model_file("musicgen", base),
                                  comfy_glue.model_file("instruct_musicgen", adapter),
                                  _resolve_folder(t5), _resolve_folder(encodec), dtype,
                                  progress=comfy_glue.staged_progress_callback("Instruct-MusicGen"))

@@ -1,14 +1,25 @@
-"""One resident Instruct-MusicGen per set of weight files, shared by every node and workflow.
+"""One resident Instruct-MusicGen per set of weight files, shared by every node and workflow, and
+released when nothing needs it any more.
 
 The weights sit in a ComfyUI ModelPatcher, so ComfyUI may move them to the offload device when
-another model needs the memory; `ResidentEditor.ready()` brings them back before each use.
+another model needs the memory; `ResidentEditor.ready()` brings them back before each use, asking
+for the working memory of what comes next (not the weights, which ComfyUI counts itself).
+
+What holds a ResidentEditor is ComfyUI's cache of the loader node's output, and so the workflows
+that use it; this module keeps only weak references. When ComfyUI drops that output ("Free model
+and node cache", another set of weights chosen in the loader) the editor and its weights go with
+it. When ComfyUI unloads the model where it has nowhere to move it (the CPU: "Unload Models",
+`POST /free`), the weights are dropped too; the next use loads them again from the files, with
+the node's progress bar.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import threading
-from dataclasses import dataclass
+import weakref
 from pathlib import Path
 
 import torch
@@ -18,8 +29,9 @@ from ..imgen_core.editor import Editor
 from ..imgen_core.loader import cache_dir
 from . import comfy_glue
 
-_LOCK = threading.Lock()
-_LOADED: dict[tuple, "ResidentEditor"] = {}
+_LOCK = threading.RLock()
+_LOADED: "weakref.WeakValueDictionary[tuple, ResidentEditor]" = weakref.WeakValueDictionary()
+LABEL = "Instruct-MusicGen"
 
 
 class EditorWeights(torch.nn.Module):
@@ -33,16 +45,86 @@ class EditorWeights(torch.nn.Module):
         self.codec = editor.codec.model
 
 
-@dataclass
 class ResidentEditor:
-    editor: Editor
-    patcher: object
-    description: str
+    """The loader node's output: the files, and the editor loaded from them while it is loaded."""
 
-    def ready(self) -> Editor:
-        size = sum(p.numel() * p.element_size() for p in self.patcher.model.parameters())
-        comfy_glue.load_to_device(self.patcher, memory_required=size)
-        return self.editor
+    def __init__(self, key: tuple, files: dict, dtype: str):
+        self.key, self.files, self.dtype = key, files, dtype
+        self.description = json.dumps({"base": os.path.basename(files["base"]),
+                                       "adapter": os.path.basename(files["adapter"])})
+        self.editor: Editor | None = None
+        self.patcher = None
+
+    def load(self, progress=None):
+        """Load the weights if they are not (first use, or after a release)."""
+        with _LOCK:
+            if self.editor is not None:
+                return
+            gc.collect()  # residents that only a reference cycle kept alive go before more weights come
+            print(f"[{LABEL}] loading weights from {self.files['base']} + {self.files['adapter']} ({self.dtype})",
+                  flush=True)
+            device = comfy_glue.torch_device()
+            editor = Editor.from_pretrained(
+                self.files["base"], self.files["adapter"], self.files["t5"], self.files["encodec"], device="cpu",
+                dtype=pick_dtype(self.dtype, device), int8=self.dtype == "int8", progress=progress,
+                # the official checkpoint is converted once, beside it (or in the user cache if read-only)
+                convert_into=[Path(self.files["adapter"]).parent, cache_dir() / "adapters"])
+            owner = weakref.ref(self)
+            self.patcher = comfy_glue.make_patcher(EditorWeights(editor), on_unload=lambda: _unloaded(owner))
+            self.editor = editor
+            weakref.finalize(self, _gone, self.patcher.model)
+
+    def ready(self, batch: int = 1, sampling=None, seconds: float = 0.0) -> Editor:
+        """The editor with every weight on ComfyUI's device, room made for an edit of `batch`
+        items under `sampling` (or for coding `seconds` of audio per item)."""
+        with _LOCK:
+            if self.editor is None:
+                self.load(comfy_glue.staged_progress_callback(LABEL))
+            need = self.editor.working_memory(batch, sampling, seconds)
+            comfy_glue.load_to_device(self.patcher, memory_required=need)
+            return self.editor
+
+    def release(self):
+        """Drop the weights; the next use loads them again."""
+        with _LOCK:
+            if self.editor is None:
+                return
+            _empty(self.patcher.model)
+            self.editor = self.patcher = None
+            print(f"[{LABEL}] released the weights of {self.files['base']} + {self.files['adapter']}", flush=True)
+        _return_memory()
+
+
+def _unloaded(owner):
+    resident = owner()
+    if resident is not None:
+        resident.release()
+
+
+def _empty(weights: EditorWeights):
+    """Take every module out of the container ComfyUI holds, so that the weights are freed now,
+    whatever still refers to the patcher (ComfyUI's list of loaded models, a frame on the stack)."""
+    for name in list(weights._modules):
+        delattr(weights, name)
+
+
+def _gone(weights: EditorWeights):
+    """The resident itself is gone (ComfyUI dropped the loader's output): its weights go too."""
+    _empty(weights)
+    _trim()
+
+
+def _return_memory():
+    gc.collect()
+    comfy_glue.empty_device_cache()
+    _trim()
+
+
+def _trim():
+    try:  # glibc keeps freed heap pages; hand them back so that the resident memory drops
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _identity(path: str) -> tuple:
@@ -50,23 +132,15 @@ def _identity(path: str) -> tuple:
     return (str(p.resolve()), p.stat().st_mtime_ns) if p.exists() else (path, 0)
 
 
-def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str,
-               progress=None) -> tuple[ResidentEditor, bool]:
-    """The resident editor for these files, loading them only the first time. Returns it and
-    whether it was loaded now. `progress(stage, done, total)` while converting and loading."""
-    import comfy.model_management as mm
-    device = mm.get_torch_device()
-    torch_dtype = pick_dtype(dtype, device)  # for int8: the activations' dtype on the device it will run on
+def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str, progress=None) -> ResidentEditor:
+    """The resident editor for these files, loaded (the first time, or again after a release).
+    `progress(stage, done, total)` while converting and loading."""
+    torch_dtype = pick_dtype(dtype, comfy_glue.torch_device())  # for int8: the activations' dtype on that device
     key = (_identity(base), _identity(adapter), _identity(t5), _identity(encodec), str(torch_dtype), dtype == "int8")
     with _LOCK:
-        if key in _LOADED:
-            return _LOADED[key], False
-        print(f"[Instruct-MusicGen] loading weights from {base} + {adapter} ({dtype})", flush=True)
-        # the official checkpoint is converted once, beside it (or in the user cache if read-only)
-        editor = Editor.from_pretrained(base, adapter, t5, encodec, device="cpu", dtype=torch_dtype,
-                                        int8=dtype == "int8", progress=progress,
-                                        convert_into=[Path(adapter).parent, cache_dir() / "adapters"])
-        resident = ResidentEditor(editor, comfy_glue.make_patcher(EditorWeights(editor)),
-                                  json.dumps({"base": os.path.basename(base), "adapter": os.path.basename(adapter)}))
-        _LOADED[key] = resident
-        return resident, True
+        resident = _LOADED.get(key)
+        if resident is None:
+            resident = ResidentEditor(key, {"base": base, "adapter": adapter, "t5": t5, "encodec": encodec}, dtype)
+            _LOADED[key] = resident
+        resident.load(progress)
+        return resident

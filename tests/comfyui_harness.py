@@ -29,6 +29,11 @@ TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tin
         "dtype": "auto"}
 SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
         "encodec": "slow-encodec"}
+# Two sets of random weights large enough to see in the server's memory (about 430 MB each in fp32:
+# 8 layers of MusicGen-small's width), for the tests of releasing memory.
+ROOMY = [{**TINY, "base": f"roomy{i}/state_dict.bin", "adapter": f"roomy{i}.safetensors", "t5": f"roomy{i}-t5",
+          "encodec": f"roomy{i}-encodec"} for i in (1, 2)]
+ROOMY_LM = dict(dim=1024, num_heads=16, num_layers=8, card=64, text_dim=32)
 # What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, and corrupt.wav):
 # songs rendered from MIDI (imgen_core.music), or tones where rendering is not installed.
 SONG_SECONDS = 3.0
@@ -59,9 +64,9 @@ def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
     return None
 
 
-def _install_model(folder: Path, models: Path, name: str, lm_cfg=None):
+def _install_model(folder: Path, models: Path, name: str, lm_cfg=None, seed: int = 0):
     from imgen_core.tiny import save_tiny
-    files = save_tiny(folder / name, lm_cfg=lm_cfg) if lm_cfg else save_tiny(folder / name)
+    files = save_tiny(folder / name, seed, lm_cfg=lm_cfg) if lm_cfg else save_tiny(folder / name, seed)
     (models / "musicgen" / name).mkdir(parents=True)
     shutil.move(str(files["base"]), models / "musicgen" / name / "state_dict.bin")
     shutil.move(str(files["t5"]), models / "musicgen" / f"{name}-t5")
@@ -82,6 +87,8 @@ def start_test_server(base: Path) -> "ComfyServer | None":
     models = base / "models"
     _install_model(base / "build", models, "tiny")
     _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
+    for i in (1, 2):
+        _install_model(base / "build", models, f"roomy{i}", LMConfig(**ROOMY_LM), seed=i)
     srv = ComfyServer(comfy_dir, python, base, description)
     srv.input_dir.mkdir(exist_ok=True)
     music, srv.inputs = input_music()
@@ -141,8 +148,11 @@ class ComfyServer:
         self.log = open(self.log_path, "w")
         front_end = os.environ.get("IMGEN_COMFYUI_FRONTEND")
         extra = ["--front-end-root", front_end] if front_end else []
-        if "--user-directory" in (self.comfy_dir / "comfy" / "cli_args.py").read_text():
+        flags = (self.comfy_dir / "comfy" / "cli_args.py").read_text()
+        if "--user-directory" in flags:
             extra += ["--user-directory", str(self.base / "user")]  # settings start afresh every run
+        if "--disable-assets" in flags:  # newer servers' asset database is not what is tested here
+            extra += ["--disable-assets"]
         self.proc = subprocess.Popen(
             [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--extra-model-paths-config", str(cfg), "--input-directory", str(self.input_dir),
@@ -168,6 +178,11 @@ class ComfyServer:
                 self.proc.kill()
         if self.proc:
             self.log.close()
+
+    def rss(self) -> int:
+        """The server process's resident memory in bytes."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return int(next(line for line in f if line.startswith("VmRSS")).split()[1]) * 1024
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_harness import CLIP_SECONDS, INPUT_RATES, REPO, SLOW, SONG_SECONDS, TINY, error_message, ui_to_api
+from comfyui_harness import (CLIP_SECONDS, INPUT_RATES, REPO, ROOMY, SLOW, SONG_SECONDS, TINY, error_message,
+                             ui_to_api)
 
 NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
             "InstructMusicGenEdit", "InstructMusicGenDecode", "InstructMusicGenSaveAudio"]
@@ -157,16 +158,73 @@ def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, 
     assert (sr, data.shape) == (44100, (12 * 44100, 2))
 
 
-def test_model_comes_back_after_comfyui_frees_memory(server, object_info):
-    """/free unloads every model ComfyUI manages; the next run loads ours back without re-reading files."""
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Extract a stem.json", object_info)))
-    assert history["status"]["status_str"] == "success"
-    loads_before = server.log_text().count("[Instruct-MusicGen] loading weights")
+def _run_roomy(server, object_info, i: int, seed: int = 0):
+    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info, ROOMY[i])
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenEdit":
+            node["inputs"]["seed"] = seed
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "success", error_message(history)
+
+
+def _model_bytes(server, i: int) -> int:
+    """What the roomy model's weights take once loaded in fp32 (the base file is fp32)."""
+    return (server.base / "models" / "musicgen" / ROOMY[i]["base"]).stat().st_size
+
+
+def _rss_after(server, before: int, drop: int, timeout: float = 30) -> int:
+    """The server's resident memory once it has fallen `drop` bytes below `before` (or after
+    `timeout` s)."""
+    deadline = time.time() + timeout
+    while server.rss() > before - drop and time.time() < deadline:
+        time.sleep(0.5)
+    return server.rss()
+
+
+def _has_unload_callbacks(server) -> bool:
+    extension = server.comfy_dir / "comfy" / "patcher_extension.py"
+    return extension.exists() and "ON_DETACH" in extension.read_text(errors="replace")
+
+
+def _load_count(server, i: int) -> int:
+    name = ROOMY[i]["adapter"]
+    return sum(1 for line in server.log_text().splitlines() if "[Instruct-MusicGen] loading weights" in line
+               and name in line)
+
+
+@pytest.mark.parametrize("flags", [{"unload_models": True, "free_memory": True}, {"unload_models": True}],
+                         ids=["free memory", "unload models"])
+def test_freeing_memory_releases_the_model_and_the_next_run_loads_it_again(server, object_info, flags):
+    """POST /free (the menu's "Free model and node cache", and "Unload Models") gives our model's
+    memory back: the server's resident memory drops by at least the weights, and the next Run
+    loads them again and succeeds."""
+    if "free_memory" not in flags and not _has_unload_callbacks(server):
+        pytest.skip("this ComfyUI has no unload callbacks: its Unload Models keeps what a workflow holds")
+    _run_roomy(server, object_info, 0)
+    loads = _load_count(server, 0)
+    loaded = server.rss()
+    size = _model_bytes(server, 0)
+    server.post("/free", flags)
+    freed = loaded - _rss_after(server, loaded, size)
+    assert freed >= size, f"the server's memory fell {freed / 2**20:.0f} MiB after /free; the model takes {size / 2**20:.0f} MiB"
+    if "free_memory" not in flags:  # the workflow's cache still holds the model: it released its weights itself
+        assert "[Instruct-MusicGen] released the weights" in server.log_text()
+    _run_roomy(server, object_info, 0, seed=1)  # another seed, so that the edit runs again
+    assert _load_count(server, 0) == loads + 1
+
+
+def test_other_weights_replace_the_previous_ones(server, object_info):
+    """Two different weight sets in a row: once the second has run, only it is in memory."""
     server.post("/free", {"unload_models": True, "free_memory": True})
+    _run_roomy(server, object_info, 0)
+    one = server.rss()
+    _run_roomy(server, object_info, 1)
     time.sleep(2)
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Add a stem.json", object_info)))
-    assert history["status"]["status_str"] == "success"
-    assert server.log_text().count("[Instruct-MusicGen] loading weights") == loads_before
+    two = server.rss()
+    size = _model_bytes(server, 1)
+    assert two - one < 0.5 * size, f"the second model added {(two - one) / 2**20:.0f} MiB; one takes {size / 2**20:.0f} MiB"
+    _run_roomy(server, object_info, 0)  # and the first comes back when asked for
+    assert _load_count(server, 0) >= 2
 
 
 def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):

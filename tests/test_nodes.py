@@ -47,3 +47,42 @@ def test_the_loader_offers_the_librarys_choices(pack, monkeypatch):
     inputs = pack.NODE_CLASS_MAPPINGS["InstructMusicGenLoader"].INPUT_TYPES()["required"]
     assert inputs["dtype"][0] == list(defaults.DTYPE_CHOICES)
     assert inputs["t5"][0] == [defaults.T5] and inputs["encodec"][0] == [defaults.ENCODEC]
+
+
+def test_weights_left_off_the_load_device_are_named(pack):
+    """ComfyUI loads part of a model under --novram (and --lowvram without a full load): the
+    nodes refuse to run on split weights and say which and why."""
+    glue = sys.modules["imgen_node_pack.nodes.comfy_glue"]
+    import torch
+    weights = torch.nn.Module()
+    weights.lm = torch.nn.Linear(4, 4)
+    glue.check_on_device(weights, "cpu")
+    weights.codec = torch.nn.Linear(4, 4, device="meta")
+    with pytest.raises(RuntimeError) as e:
+        glue.check_on_device(weights, "cpu")
+    assert "left 2 of Instruct-MusicGen's weights off cpu: codec.weight (meta), codec.bias (meta)" in str(e.value)
+    assert "--novram" in str(e.value)
+
+
+def test_a_dynamic_model_patcher_is_refused(pack, monkeypatch):
+    """Should ComfyUI's ModelPatcher ever be the dynamic one (which moves buffers without
+    Module._apply), the loader refuses it clearly instead of running on half-moved weights."""
+    import types
+    import torch
+    glue = sys.modules["imgen_node_pack.nodes.comfy_glue"]
+
+    class DynamicPatcher:  # what such a ComfyUI would hand back
+        def __init__(self, model, load_device, offload_device):
+            self.model = model
+
+        def is_dynamic(self):
+            return True
+    comfy = types.ModuleType("comfy")
+    comfy.model_patcher = types.SimpleNamespace(ModelPatcher=DynamicPatcher)
+    comfy.model_management = types.SimpleNamespace(get_torch_device=lambda: torch.device("cpu"),
+                                                   unet_offload_device=lambda: torch.device("cpu"))
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.model_patcher", comfy.model_patcher)
+    monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
+    with pytest.raises(RuntimeError, match="dynamic ModelPatcher.*--disable-dynamic-vram"):
+        glue.make_patcher(torch.nn.Linear(2, 2))

@@ -94,3 +94,30 @@ def test_an_int8_edit_runs_end_to_end(tmp_path, tiny_files):
     wav = torch.sin(torch.arange(32000) / 5.0)[None] * 0.5
     out, rate = editor.edit_audio(wav, 32000, editor.instruction("remove", "drums"))
     assert out.shape == (1, 1, 32000) and torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(not fbgemm_available(), reason="this PyTorch has no fbgemm")
+@pytest.mark.parametrize("move", ["parent .to", "to_empty", "_apply", "ComfyUI's module by module"])
+def test_packed_layers_unpack_whatever_path_moves_them_off_the_cpu(move):
+    """A model moved off the CPU by any route through Module._apply (ComfyUI's full load moves
+    the whole container, its partial unload module by module): every packed layer unpacks and
+    its int8 weights are what move, never an empty tensor."""
+    from imgen_core.quant import quantize_model
+    from imgen_core.tiny import tiny_model
+    model = quantize_model(tiny_model(seed=0), torch.float32)
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    shapes = [(m.out_features, m.in_features) for m in layers]
+    assert layers and all(m.packed is not None for m in layers)
+    container = torch.nn.Module()
+    container.lm = model
+    if move == "parent .to":
+        container.to("meta")
+    elif move == "to_empty":
+        container.to_empty(device="meta")
+    elif move == "_apply":
+        container._apply(lambda t: t.to("meta"))
+    else:
+        for module in container.modules():
+            module.to("meta")
+    assert all(m.packed is None and tuple(m.weight_int8.shape) == s and m.weight_int8.device.type == "meta"
+               for m, s in zip(layers, shapes))
