@@ -137,6 +137,36 @@ def test_template_browser_shows_the_workflows_with_titles_and_thumbnails(fronten
         assert label.is_visible()
 
 
+def test_templates_without_thumbnails_still_list_and_open(frontend):
+    """A server that serves a pack's template JSON but not its images (newer servers may serve
+    only .json): every workflow is still listed by its title and opens with our nodes."""
+    if frontend.legacy:
+        pytest.skip("this frontend predates workflow templates")
+    blocked = []
+
+    def refuse(route):
+        blocked.append(route.request.url)
+        route.fulfill(status=404, body="")
+    frontend.page.route("**/workflow_templates/**/*.jpg", refuse)
+    frontend.page.get_by_role("button", name="Templates").first.click()
+    frontend.page.get_by_text("instruct_musicgen", exact=True).first.click()
+    titles = sorted(w.stem for w in WORKFLOWS)
+    for title in titles:
+        label = frontend.page.get_by_text(title, exact=True).first
+        label.scroll_into_view_if_needed()
+        assert label.is_visible(), title
+    # no broken-image icon in place of a thumbnail: the frontend draws its placeholder
+    frontend.page.wait_for_timeout(1000)
+    broken = frontend.page.evaluate("""(titles) => [...document.querySelectorAll('img')].filter(i => titles.includes(i.alt)
+        && i.complete && i.naturalWidth === 0 && i.offsetParent !== null).map(i => i.alt)""", titles)
+    assert not broken, broken
+    assert blocked, "the frontend asked for no thumbnail: the test did not test what it says"
+    frontend.page.get_by_text("Remove a stem", exact=True).first.click()
+    frontend.page.wait_for_function("() => (window.app?.graph?._nodes || []).some(n => n.type === "
+                                    "'InstructMusicGenEdit')", timeout=20000)
+    assert {n["type"] for n in frontend.nodes()} >= {"InstructMusicGenLoader", "InstructMusicGenEdit"}
+
+
 def test_a_file_dropped_on_load_audio_is_uploaded_played_edited_and_the_saver_plays_the_result(
         frontend, comfy_server, object_info):
     if frontend.legacy:
