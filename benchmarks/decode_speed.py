@@ -266,14 +266,19 @@ def in_child(spec: dict) -> dict:
     return {"error": (err[-1] if err else f"exit code {out.returncode}")[:300]}
 
 
-def plan(device, sizes) -> list[dict]:
-    """(engine label, spec) rows per size, transformers first."""
+def plan(device, sizes, ours_only: bool = False, dtypes=None) -> list[dict]:
+    """(engine label, spec) rows per size, transformers first; our rows only for `dtypes` when given."""
     rows = []
     for size in sizes:
         hf_dtype = "fp16" if device.type == "cuda" and size != "tiny" else "fp32"
-        rows.append({"size": size, "engine": "transformers", "dtype": hf_dtype, "label": f"transformers generate {hf_dtype}"})
-        rows.append({"size": size, "engine": "audiocraft", "dtype": hf_dtype, "label": f"audiocraft LM generate {hf_dtype}"})
+        if not ours_only:
+            rows.append({"size": size, "engine": "transformers", "dtype": hf_dtype,
+                         "label": f"transformers generate {hf_dtype}"})
+            rows.append({"size": size, "engine": "audiocraft", "dtype": hf_dtype,
+                         "label": f"audiocraft LM generate {hf_dtype}"})
         for name in (["fp32", "bf16", "fp16", "int8"] if device.type == "cuda" else ["fp32", "bf16", "int8"]):
+            if dtypes and name not in dtypes:
+                continue
             if device.type == "cuda" and size == "large" and name == "fp32":
                 continue  # 13 GB of fp32 weights; the 16-bit rows are the ones that matter
             label = f"ours {name}" + (" (CUDA graph)" if device.type == "cuda" else "")
@@ -282,7 +287,7 @@ def plan(device, sizes) -> list[dict]:
                 rows.append({"size": size, "engine": "ours", "dtype": name, "label": "ours fp16 (eager)",
                              "cuda_graph": "off"})
         if device.type == "cuda" and size == "large":
-            for name in ("fp16", "int8"):
+            for name in [n for n in ("fp16", "bf16", "int8") if not dtypes or n in dtypes]:
                 rows.append({"size": size, "engine": "memory", "dtype": name, "label": f"peak VRAM, 10 s window, {name}"})
     return rows
 
@@ -294,6 +299,8 @@ def main():
     p.add_argument("--steps", type=int, default=250)
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--out", default="decode_speed.json")
+    p.add_argument("--ours-only", action="store_true", help="only our engine's rows (no transformers, audiocraft)")
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), help="only these dtypes in our engine's rows")
     p.add_argument("--memory", nargs="*", metavar="DTYPE", help="only the peak memory of a 10 s window at large "
                    "size for these dtypes (on the CPU: prefill and --memory-steps steps)")
     p.add_argument("--memory-steps", type=int, default=3)
@@ -324,7 +331,7 @@ def main():
           + ", ".join(f"{k} {v / 1e9:.1f} GB/s" for k, v in bw.items()))
     print(f"{'size':6} {'engine':30} {'ms/step':>9} {'RTF':>7} {'floor ms':>9} {'x floor':>8} {'vs transformers':>16}")
     baseline = {}
-    for spec in plan(device, sizes):
+    for spec in plan(device, sizes, args.ours_only, args.dtypes):
         spec.update(device=args.device, steps=args.steps, threads=args.threads)
         row = {**spec, **in_child(spec)}
         result["rows"].append(row)

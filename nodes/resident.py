@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import os
 import threading
 import weakref
 from pathlib import Path
@@ -50,8 +48,6 @@ class ResidentEditor:
 
     def __init__(self, key: tuple, files: dict, dtype: str):
         self.key, self.files, self.dtype = key, files, dtype
-        self.description = json.dumps({"base": os.path.basename(files["base"]),
-                                       "adapter": os.path.basename(files["adapter"])})
         self.editor: Editor | None = None
         self.patcher = None
 

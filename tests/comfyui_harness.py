@@ -75,21 +75,23 @@ def _install_model(folder: Path, models: Path, name: str, lm_cfg=None, seed: int
     shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
 
 
-def start_test_server(base: Path) -> "ComfyServer | None":
-    """A ComfyUI server with the pack, the tiny and slow models in its model folders and the test
-    clips in its input folder; None when no ComfyUI is found."""
+def start_test_server(base: Path, device_args=("--cpu",), roomy: bool = True, found=None) -> "ComfyServer | None":
+    """A ComfyUI server with the pack, the tiny, slow (and, with `roomy`, the two roomy) models in
+    its model folders and the test clips in its input folder; None when no ComfyUI is found.
+    `device_args`: ComfyUI's device flags (--cpu; on a GPU none, --gpu-only, --lowvram...).
+    `found`: (ComfyUI folder, python, description) instead of looking for one."""
     from imgen_core.audio import write_audio
     from imgen_core.config import LMConfig
-    found = find_comfyui(base)
+    found = found or find_comfyui(base)
     if found is None:
         return None
     comfy_dir, python, description = found
     models = base / "models"
     _install_model(base / "build", models, "tiny")
     _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
-    for i in (1, 2):
+    for i in (1, 2) if roomy else ():
         _install_model(base / "build", models, f"roomy{i}", LMConfig(**ROOMY_LM), seed=i)
-    srv = ComfyServer(comfy_dir, python, base, description)
+    srv = ComfyServer(comfy_dir, python, base, description, device_args)
     srv.input_dir.mkdir(exist_ok=True)
     music, srv.inputs = input_music()
     write_audio(srv.input_dir / "song.wav", music(SONG_SECONDS, 44100, 2, 1), 44100)
@@ -123,8 +125,9 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir: Path, python: str, base: Path, description: str):
+    def __init__(self, comfy_dir: Path, python: str, base: Path, description: str, device_args=("--cpu",)):
         self.comfy_dir, self.python, self.base, self.description = comfy_dir, python, base, description
+        self.device_args = list(device_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.input_dir, self.output_dir = base / "input", base / "output"
@@ -154,7 +157,7 @@ class ComfyServer:
         if "--disable-assets" in flags:  # newer servers' asset database is not what is tested here
             extra += ["--disable-assets"]
         self.proc = subprocess.Popen(
-            [self.python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+            [self.python, "main.py", *self.device_args, "--listen", "127.0.0.1", "--port", str(self.port),
              "--extra-model-paths-config", str(cfg), "--input-directory", str(self.input_dir),
              "--output-directory", str(self.output_dir), "--disable-auto-launch", *extra],
             cwd=self.comfy_dir, stdout=self.log, stderr=subprocess.STDOUT, env=env)
@@ -238,6 +241,21 @@ def error_message(history: dict) -> str:
         if kind == "execution_error":
             return data.get("exception_message", "")
     return ""
+
+
+def api_prompt(workflow_path: Path, object_info: dict, models=TINY) -> dict:
+    """A shipped workflow as the prompt Run sends, with the test server's `models` in the loader
+    (and our saver in place of core Save Audio where this ComfyUI predates it)."""
+    workflow = json.loads(Path(workflow_path).read_text())
+    if "SaveAudio" not in object_info:
+        for node in workflow["nodes"]:
+            if node["type"] == "SaveAudio":
+                node["type"] = "InstructMusicGenSaveAudio"
+    prompt = ui_to_api(workflow, object_info)
+    for node in prompt.values():
+        if node["class_type"] == "InstructMusicGenLoader":
+            node["inputs"].update(models)
+    return prompt
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
