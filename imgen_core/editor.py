@@ -7,12 +7,11 @@
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
-from . import defaults, instructions, working_memory
+from . import defaults, instructions
 from . import render as rendering
 from .audio import as_batch, from_model_audio, to_model_audio
 from .codec import Codec
@@ -73,18 +72,6 @@ class Editor:
     @property
     def max_frames(self) -> int:
         return self.model.fusion.cfg.max_frames
-
-    def working_memory(self, batch: int = 1, sampling: Sampling | None = None, seconds: float = 0.0) -> int:
-        """Bytes an edit of `batch` items under `sampling` (its window and guidance) needs beyond
-        the weights, on the model's device; with `sampling` None, what coding `seconds` of audio
-        per item needs (working_memory.py)."""
-        if sampling is None:
-            return working_memory.codec_bytes(batch, math.ceil(seconds * self.sample_rate), self.codec.hop,
-                                              next(self.codec.model.parameters()).dtype)
-        window, _ = sampling.window_frames(self.frame_rate, self.max_frames)
-        cache_dtype = torch.float32 if self.model.device.type == "cpu" else self.model.dtype  # lm.setup_cache
-        return working_memory.window_bytes(self.model.lm_cfg, self.model.fusion_cfg.num_layers, batch, window,
-                                           sampling.guidance is not None, self.model.dtype, cache_dtype)
 
     def instruction(self, operation: str | None = None, stem: str | None = None, text: str | None = None) -> str:
         """The checkpoint's instruction for (operation, stem), or `text` used as is."""

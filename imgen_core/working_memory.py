@@ -11,6 +11,8 @@ CODEC_CHUNK_FRAMES frames plus their margins, each holding its activations at on
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import LMConfig
@@ -44,3 +46,17 @@ def codec_bytes(items: int, samples: int, hop: int, dtype: torch.dtype) -> int:
 
 def _size(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
+
+
+def of_editor(editor, batch: int = 1, sampling=None, seconds: float = 0.0) -> int:
+    """Bytes an edit by `editor` of `batch` items under `sampling` (its window and guidance) needs
+    beyond the weights, on the model's device; with `sampling` None, what coding `seconds` of
+    audio per item needs."""
+    if sampling is None:
+        return codec_bytes(batch, math.ceil(seconds * editor.sample_rate), editor.codec.hop,
+                           next(editor.codec.model.parameters()).dtype)
+    window, _ = sampling.window_frames(editor.frame_rate, editor.max_frames)
+    model = editor.model
+    cache_dtype = torch.float32 if model.device.type == "cpu" else model.dtype  # as lm.setup_cache keeps it
+    return window_bytes(model.lm_cfg, model.fusion_cfg.num_layers, batch, window, sampling.guidance is not None,
+                        model.dtype, cache_dtype)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..imgen_core import working_memory
 from ..imgen_core.defaults import pick_dtype
 from ..imgen_core.editor import Editor
 from ..imgen_core.loader import cache_dir
@@ -76,7 +77,7 @@ class ResidentEditor:
         with _LOCK:
             if self.editor is None:
                 self.load(comfy_glue.staged_progress_callback(LABEL))
-            need = self.editor.working_memory(batch, sampling, seconds)
+            need = working_memory.of_editor(self.editor, batch, sampling, seconds)
             comfy_glue.load_to_device(self.patcher, memory_required=need)
             return self.editor
 

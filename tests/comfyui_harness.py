@@ -29,7 +29,7 @@ TINY = {"base": "tiny/state_dict.bin", "adapter": "tiny.safetensors", "t5": "tin
         "dtype": "auto"}
 SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t5": "slow-t5",
         "encodec": "slow-encodec"}
-# Two sets of random weights large enough to see in the server's memory (about 430 MB each in fp32:
+# Two sets of random weights large enough to see in the server's memory (514 MiB each in fp32:
 # 8 layers of MusicGen-small's width), for the tests of releasing memory.
 ROOMY = [{**TINY, "base": f"roomy{i}/state_dict.bin", "adapter": f"roomy{i}.safetensors", "t5": f"roomy{i}-t5",
           "encodec": f"roomy{i}-encodec"} for i in (1, 2)]

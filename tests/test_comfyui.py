@@ -200,6 +200,7 @@ def test_freeing_memory_releases_the_model_and_the_next_run_loads_it_again(serve
     server.post("/free", flags)
     freed = loaded - _rss_after(server, loaded, size)
     assert freed >= size, f"the server's memory fell {freed / 2**20:.0f} MiB after /free; the model takes {size / 2**20:.0f} MiB"
+    print(f"\n/free {flags}: the server's memory fell {freed / 2**20:.0f} MiB (weights {size / 2**20:.0f} MiB)")
     if "free_memory" not in flags:  # the workflow's cache still holds the model: it released its weights itself
         assert "[Instruct-MusicGen] released the weights" in server.log_text()
     _run_roomy(server, object_info, 0, seed=1)  # another seed, so that the edit runs again
@@ -216,6 +217,7 @@ def test_other_weights_replace_the_previous_ones(server, object_info):
     two = server.rss()
     size = _model_bytes(server, 1)
     assert two - one < 0.5 * size, f"the second model added {(two - one) / 2**20:.0f} MiB; one takes {size / 2**20:.0f} MiB"
+    print(f"\nother weights: the server's memory moved {(two - one) / 2**20:+.0f} MiB (weights {size / 2**20:.0f} MiB)")
     _run_roomy(server, object_info, 0)  # and the first comes back when asked for
     assert _load_count(server, 0) >= 2
 

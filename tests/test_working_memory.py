@@ -58,15 +58,17 @@ def test_the_estimate_covers_a_real_window_of_a_small_model():
 
 def test_the_editors_working_memory_follows_the_window_batch_and_guidance_not_the_weights():
     editor = tiny_editor(seed=0)
-    one = editor.working_memory(1, Sampling(window_seconds=1.0, overlap_seconds=0.5))
-    assert editor.working_memory(2, Sampling(window_seconds=1.0, overlap_seconds=0.5)) == pytest.approx(2 * one, rel=0.01)
-    assert editor.working_memory(1, Sampling(window_seconds=1.0, overlap_seconds=0.5, guidance=None)) < 0.6 * one
-    assert editor.working_memory(1, Sampling(window_seconds=0.5, overlap_seconds=0.2)) < 0.6 * one
+
+    def memory(*args, **kwargs):
+        return working_memory.of_editor(editor, *args, **kwargs)
+    one = memory(1, Sampling(window_seconds=1.0, overlap_seconds=0.5))
+    assert memory(2, Sampling(window_seconds=1.0, overlap_seconds=0.5)) == pytest.approx(2 * one, rel=0.01)
+    assert memory(1, Sampling(window_seconds=1.0, overlap_seconds=0.5, guidance=None)) < 0.6 * one
+    assert memory(1, Sampling(window_seconds=0.5, overlap_seconds=0.2)) < 0.6 * one
     weights = sum(p.numel() * p.element_size() for p in editor.model.parameters())
     assert one != weights
     # coding audio: per item, up to one chunk, whatever the length after that
     chunk = working_memory.CODEC_CHUNK_FRAMES / editor.frame_rate  # seconds
-    assert editor.working_memory(1, seconds=chunk / 2) == pytest.approx(editor.working_memory(1, seconds=chunk) / 2,
-                                                                        rel=0.01)
-    assert editor.working_memory(1, seconds=100 * chunk) == editor.working_memory(1, seconds=chunk)
-    assert editor.working_memory(3, seconds=chunk) == 3 * editor.working_memory(1, seconds=chunk)
+    assert memory(1, seconds=chunk / 2) == pytest.approx(memory(1, seconds=chunk) / 2, rel=0.01)
+    assert memory(1, seconds=100 * chunk) == memory(1, seconds=chunk)
+    assert memory(3, seconds=chunk) == 3 * memory(1, seconds=chunk)
