@@ -20,7 +20,7 @@ from .model import InstructMusicGen
 from .sampling import Sampling
 from .take import DEFAULT_FADE_SECONDS, Take, check_output_form
 from .text import TextEncoder
-from .windows import edit_windowed
+from .windows import edit_songs, edit_windowed
 
 Progress = Callable[[int, int], None]
 
@@ -165,6 +165,28 @@ class Editor:
         take = self.edit(take, instruction, sampling, start=start, end=end, fade=fade, operation=operation,
                          progress=progress)
         return self.render(take, render, rate=rate, channels=channels)
+
+
+def edit_many(editor: Editor, takes: list[Take], instruction: str, sampling: Sampling = Sampling(), *,
+              batch: int = 1, seeds: list[int] | None = None, progress: Progress | None = None) -> list[Take]:
+    """Each take (one item each, any lengths) after the edit by `instruction`, `batch` songs
+    decoded together (windows.edit_songs). Song i draws from a generator of its own, seeded with
+    `seeds[i]` (default: `sampling.seed` for every song, as editing each alone does), so with
+    `batch` 1 every song gets the tokens `Editor.edit` gives it, and with more the same up to
+    the rounding of products over more rows."""
+    if any(t.codes.shape[0] != 1 for t in takes):
+        raise ValueError("edit_many takes one item per take")
+    seeds = [sampling.seed] * len(takes) if seeds is None else list(seeds)
+    if len(seeds) != len(takes):
+        raise ValueError(f"{len(seeds)} seeds for {len(takes)} songs")
+    model = editor.model
+    window, overlap = sampling.window_frames(editor.frame_rate, editor.max_frames)
+    generators = [torch.Generator(device=model.device).manual_seed(int(seed)) for seed in seeds]
+    text = editor.text_condition([instructions.free_text(instruction)]).expand(len(takes), -1, -1)
+    codes = edit_songs(model, [t.codes[0].to(model.device) for t in takes], text, sampling, window=window,
+                       overlap=overlap, generators=generators, batch=batch, progress=progress)
+    operation = _operation(instruction, None)
+    return [t.after(c[None].cpu(), operation, None, None, DEFAULT_FADE_SECONDS) for t, c in zip(takes, codes)]
 
 
 def _operation(instruction: str | list[str], given: str | None) -> str | None:

@@ -130,7 +130,7 @@ class CudaGraphStep:
     guidance and sampling in one launch, with no host synchronisation between steps. Returns the
     graph's scores tensor, which each replay overwrites."""
 
-    def __init__(self, lm, d: Decoding, sampler: Sampler, generator: torch.Generator | None):
+    def __init__(self, lm, d: Decoding, sampler: Sampler, generator):
         device = d.seq.device
         # Warmed up and captured at position 0, never where it will replay first, so that a graph
         # that kept the capture's position instead of reading `pos` fails the first replay's check.
@@ -138,10 +138,11 @@ class CudaGraphStep:
         run = functools.partial(take_step, lm, d, sampler, self.pos, d.steps)
         # the warm-up runs rewrite position 0 of the cache, decide (nothing new in) column 1 and
         # draw random numbers: all undone after
-        rng = generator or torch.cuda.default_generators[device.index or torch.cuda.current_device()]
+        given = list(generator) if isinstance(generator, (list, tuple)) else [generator] if generator else []
+        rngs = given or [torch.cuda.default_generators[device.index or torch.cuda.current_device()]]
         caches = [m for m in lm.modules() if isinstance(m, KVCache)]
         saved = [(c.k[:, :, :1].clone(), c.v[:, :, :1].clone()) for c in caches]
-        seq, finite, state = d.seq.clone(), d.finite.clone(), rng.get_state()
+        seq, finite, states = d.seq.clone(), d.finite.clone(), [rng.get_state() for rng in rngs]
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -153,10 +154,11 @@ class CudaGraphStep:
             c.v[:, :, :1].copy_(v)
         d.seq.copy_(seq)
         d.finite.copy_(finite)
-        rng.set_state(state)
+        for rng, state in zip(rngs, states):
+            rng.set_state(state)
         self.graph = torch.cuda.CUDAGraph()
-        if generator is not None:  # the default generator is registered already
-            self.graph.register_generator_state(generator)
+        for rng in given:  # the default generator is registered already
+            self.graph.register_generator_state(rng)
         with torch.cuda.graph(self.graph):
             self.logits = run()
 
@@ -248,15 +250,15 @@ def loop(step: Step, d: Decoding, progress: Callable[[int, int], None] | None):
 
 @torch.no_grad()
 def generate(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
-             sampling: Sampling = Sampling(), *, generator: torch.Generator | None = None,
+             sampling: Sampling = Sampling(), *, generator=None,
              prompt: torch.Tensor | None = None, progress: Callable[[int, int], None] | None = None,
              cuda_graph: str | bool = "auto") -> torch.Tensor:
     """Edited codes [B, K, T] for condition codes [B, K, T].
 
     `text_cond` [B, L, dim] is the instruction's cross-attention source (`Editor.text_condition`);
     `sampling` says how tokens are chosen (guidance, top-k, top-p, temperature; its window and
-    seed are the caller's business), drawing from `generator`. `prompt` [B, K, Tp] fixes the first
-    Tp frames (teacher-forced). `progress(done, total)` is called after every step; an exception
+    seed are the caller's business), drawing from `generator` (one, or a list of one per item).
+    `prompt` [B, K, Tp] fixes the first Tp frames (teacher-forced). `progress(done, total)` is called after every step; an exception
     raised there stops generation. `cuda_graph`: "auto" (on CUDA devices), "on" or "off".
     """
     d = prepare(model, cond_codes, text_cond, sampling.guidance, prompt)

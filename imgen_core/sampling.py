@@ -51,8 +51,9 @@ class Sampling:
         if not _whole(self.seed) or not -2 ** 63 <= self.seed < 2 ** 64:
             raise ValueError(f"seed must be an integer from -2**63 to 2**64 - 1, got {self.seed!r}")
 
-    def sampler(self, generator: torch.Generator | None = None) -> Sampler:
-        """Token ids from logits with these settings, drawing from `generator`."""
+    def sampler(self, generator=None) -> Sampler:
+        """Token ids from logits with these settings, drawing from `generator` (one, or one per
+        item: see `sample`)."""
         return functools.partial(sample, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                  generator=generator)
 
@@ -78,9 +79,11 @@ def _whole(x) -> bool:
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 0.0,
-           generator: torch.Generator | None = None) -> torch.Tensor:
+           generator=None) -> torch.Tensor:
     """Token ids [...] from logits [..., card]. Temperature 0 (or top_k 1) is greedy; top_p > 0
-    takes precedence over top_k, as in audiocraft."""
+    takes precedence over top_k, as in audiocraft. `generator`: one torch.Generator (or None)
+    for all, or a list of one per item (logits [items, ...]), so that an item draws the same
+    numbers whatever else is in the batch."""
     if temperature <= 0 or (top_k == 1 and top_p <= 0):
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -90,7 +93,12 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p
         probs = _keep_top_k(probs, min(top_k, probs.shape[-1]))
     # one draw from each row, as torch.multinomial draws it (the same numbers for the same
     # generator) but without its validity check, which waits for the device
-    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    if isinstance(generator, (list, tuple)):  # one generator per item: its draws are its own
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {probs.shape[0]} items")
+        race = torch.stack([torch.empty_like(p).exponential_(1, generator=g) for p, g in zip(probs, generator)])
+    else:
+        race = torch.empty_like(probs).exponential_(1, generator=generator)
     return (probs / race).argmax(dim=-1)
 
 

@@ -55,23 +55,66 @@ def edit_windowed(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: 
                   on_window: Callable[[Window, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Edited codes with the shape of `cond_codes` [B, K, T], any T, in windows of `window`
     frames re-reading `overlap` (`Sampling.window_frames` turns its seconds into these). Every
-    window is `generate(..., sampling, generator=generator)`; `on_window(window, codes)` sees
-    each window's generated codes."""
-    b, k, frames = cond_codes.shape
-    window = min(window, model.fusion.cfg.max_frames)
-    plan = plan_windows(frames, window, min(overlap, window - 1))
-    total, done = steps_of(plan, model.lm_cfg.delays), 0
-    out = torch.empty_like(cond_codes)
+    window is `generate(..., sampling, generator=generator)` over the B rows together;
+    `on_window(window, codes)` sees each window's generated codes."""
+    rows = list(range(cond_codes.shape[0]))
+    out = decode_rounds(model, list(cond_codes), text_cond, sampling, window, overlap, [rows],
+                        lambda members: generator, progress,
+                        None if on_window is None else (lambda w, members, codes: on_window(w, codes)))
+    return torch.stack(out)
 
-    for w in plan:
+
+def edit_songs(model: InstructMusicGen, songs: list[torch.Tensor], text_cond: torch.Tensor, sampling: Sampling, *,
+               window: int, overlap: int, generators: list[torch.Generator], batch: int,
+               progress: Callable[[int, int], None] | None = None) -> list[torch.Tensor]:
+    """Edited codes for each song's condition codes [K, T_i] (lengths may differ), `batch` songs
+    at a time, in the order given: window k of every song of a batch is decoded in the same
+    steps (songs whose windows have run out leave; windows of another length run as their own
+    group). Song i draws only from `generators[i]`, so its tokens do not depend on the other
+    songs, up to the rounding of products over a different number of rows. `text_cond`
+    [N, L, dim]: each song's instruction."""
+    if batch < 1:
+        raise ValueError(f"the batch must hold at least one song, got {batch}")
+    if not len(songs) == len(generators) == text_cond.shape[0]:
+        raise ValueError(f"{len(songs)} songs, {len(generators)} generators and {text_cond.shape[0]} instructions")
+    batches = [list(range(first, min(first + batch, len(songs)))) for first in range(0, len(songs), batch)]
+    return decode_rounds(model, songs, text_cond, sampling, window, overlap, batches,
+                         lambda members: [generators[i] for i in members], progress, None)
+
+
+def decode_rounds(model: InstructMusicGen, songs: list[torch.Tensor], text_cond: torch.Tensor, sampling: Sampling,
+                  window: int, overlap: int, batches: list[list[int]], generator_for, progress, on_window
+                  ) -> list[torch.Tensor]:
+    """The decode behind edit_windowed and edit_songs: for each batch of song indices, round k
+    decodes window k of every member that has one, members whose windows have the same frames
+    and prompt together, drawing from `generator_for(members)`. `progress(done, total)` counts
+    decoding steps (a step moves every song of its group)."""
+    window = min(window, model.fusion.cfg.max_frames)
+    plans = [plan_windows(song.shape[-1], window, min(overlap, window - 1)) for song in songs]
+    delays = model.lm_cfg.delays
+    schedule = []  # (round, frames, prompt, songs), in decoding order
+    for members in batches:
+        for r in range(max(len(plans[i]) for i in members)):
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i in members:
+                if r < len(plans[i]):
+                    groups.setdefault((plans[i][r].frames, plans[i][r].prompt), []).append(i)
+            schedule += [(r, frames, prompt, group) for (frames, prompt), group in groups.items()]
+    total = sum(pattern.pattern_length(frames, delays) - (prompt + 1) for _, frames, prompt, _ in schedule)
+    done = 0
+    outs = [torch.empty_like(song) for song in songs]
+    for r, frames, prompt, group in schedule:
         def step(n, _total, base=done):
             if progress is not None:
                 progress(base + n, total)
-        prompt = out[..., w.start:w.start + w.prompt] if w.prompt else None
-        codes = generate(model, cond_codes[..., w.start:w.end], text_cond, sampling, generator=generator,
-                         prompt=prompt, progress=step)
-        out[..., w.start + w.prompt:w.end] = codes[..., w.prompt:].to(out.device)
-        done += pattern.pattern_length(w.frames, model.lm_cfg.delays) - (w.prompt + 1)
+        ws = [plans[i][r] for i in group]
+        cond = torch.stack([songs[i][:, w.start:w.end] for i, w in zip(group, ws)])
+        known = torch.stack([outs[i][:, w.start:w.start + prompt] for i, w in zip(group, ws)]) if prompt else None
+        codes = generate(model, cond, text_cond[group], sampling, generator=generator_for(group), prompt=known,
+                         progress=step)
+        for j, (i, w) in enumerate(zip(group, ws)):
+            outs[i][:, w.start + prompt:w.end] = codes[j, :, prompt:].to(outs[i].device)
+        done += pattern.pattern_length(frames, delays) - (prompt + 1)
         if on_window is not None:
-            on_window(w, codes)
-    return out
+            on_window(ws[0], group, codes)
+    return outs

@@ -6,6 +6,7 @@ from imgen_core.generate import generate
 from imgen_core.sampling import Sampling
 from imgen_core.synthetic import song
 from imgen_core.windows import plan_windows
+from support import tone
 
 
 @pytest.mark.parametrize("frames", [1, 2, 249, 250, 251, 400, 499, 3000, 30001])
@@ -64,3 +65,47 @@ def test_windows_continue_the_previous_windows_tokens(tiny_editor):
         out = generate(tiny_editor.model, codes[..., w.start:w.end], cond, Sampling(), prompt=prompt, generator=g)
         expected[..., w.start + w.prompt:w.end] = out[..., w.prompt:]
     assert torch.equal(edited, expected)
+
+
+def _songs(editor, lengths):
+    return [editor.encode(tone(s, freq=200 + 90 * i), 32000) for i, s in enumerate(lengths)]
+
+
+def test_songs_decoded_together_get_the_tokens_each_gets_alone(tiny_editor, monkeypatch):
+    """edit_many decodes window k of every song of a batch in the same steps (songs of other
+    lengths leave when their windows run out, a shorter last window runs as its own group); each
+    song draws from its own seed, so it gets the tokens editing it alone gives, at any batch size
+    (exactly here: the tiny model's products round the same over 1 to 4 rows)."""
+    from imgen_core import windows
+    from imgen_core.editor import edit_many
+    takes = _songs(tiny_editor, [1.0, 2.3, 1.0, 3.1, 1.6])
+    sampling, seeds = Sampling(window_seconds=1.0, overlap_seconds=0.4), [11, 12, 13, 14, 15]
+    text = tiny_editor.instruction("remove", "drums")
+    alone = [tiny_editor.edit(t, text, Sampling(window_seconds=1.0, overlap_seconds=0.4, seed=s))
+             for t, s in zip(takes, seeds)]
+    assert len({a.codes[0, 0, :20].tolist().__repr__() for a in alone}) == 5  # different songs, different edits
+    calls = {}
+    real = windows.generate
+
+    def counted(model, cond, *args, **kwargs):
+        calls.setdefault(batch, []).append(cond.shape[0])
+        return real(model, cond, *args, **kwargs)
+    monkeypatch.setattr(windows, "generate", counted)
+    for batch in (1, 2, 4):
+        many = edit_many(tiny_editor, takes, text, sampling, batch=batch, seeds=seeds)
+        for m, a in zip(many, alone):
+            assert torch.equal(m.codes, a.codes) and m.operations == a.operations, batch
+        assert max(calls[batch]) == batch  # the first windows of a batch's songs, together
+    assert len(calls[4]) < len(calls[2]) < len(calls[1]) == sum(len(plan_windows(t.codes.shape[-1], 50, 20))
+                                                                for t in takes)
+
+
+def test_a_songs_tokens_do_not_depend_on_its_batch_mates(tiny_editor):
+    from imgen_core.editor import edit_many
+    takes = _songs(tiny_editor, [1.2, 1.2, 1.2, 1.2])
+    text, sampling = tiny_editor.instruction("add", "bass"), Sampling(window_seconds=1.0, overlap_seconds=0.4)
+    first = edit_many(tiny_editor, [takes[0], takes[1]], text, sampling, batch=2, seeds=[5, 6])[0]
+    other = edit_many(tiny_editor, [takes[0], takes[2], takes[3]], text, sampling, batch=3, seeds=[5, 7, 8])[0]
+    assert torch.equal(first.codes, other.codes)
+    reseeded = edit_many(tiny_editor, [takes[0], takes[1]], text, sampling, batch=2, seeds=[9, 6])[0]
+    assert not torch.equal(first.codes, reseeded.codes)
