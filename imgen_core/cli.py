@@ -101,10 +101,10 @@ def _check_model_settings(args, sampling):
 
 def cmd_edit(args) -> int:
     from . import ranks
-    from .audio import check_audio, check_output, read_recording, write_audio
+    from .audio import AudioError, check_audio, check_output, read_recording, write_audio
     from .batch import is_batch, plan
     from .defaults import pick_device
-    from .editor import Editor
+    from .editor import Editor, edit_many
     from .instructions import operation_of
     from .take import check_output_form, check_range, render_mode
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
@@ -115,7 +115,8 @@ def cmd_edit(args) -> int:
     mode = render_mode(args.render, [args.op or operation_of(args.instruction)])
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be at least 1, got {args.threads}")
-    batch = args.batch = is_batch(args.input, args.output)
+    many = args.many = is_batch(args.input, args.output)
+    size = _batch_option(args.batch)
     jobs = plan(args.input, args.output)
     device = pick_device(args.device)
     _check_model_settings(args, sampling)
@@ -125,7 +126,7 @@ def cmd_edit(args) -> int:
             check_range(args.start, args.end, args.fade, rec.wav.shape[-1] / rec.sample_rate)
         check_output_form(mode == "preserve" or ranged, rate, args.channels, rec.sample_rate)
 
-    if not batch:
+    if not many:
         if ranks.world()[1] > 1:
             raise ValueError("under torchrun, give several inputs or a folder and an output folder to share out")
         check_output(jobs[0][1], args.overwrite)
@@ -151,13 +152,105 @@ def cmd_edit(args) -> int:
         return (f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
                 f"in {time.perf_counter() - start:.1f} s")
 
-    if not batch:
+    if not many:
         with ranks.fixed_threads(args.threads) if args.threads else contextlib.nullcontext():
             print(edit_one(*jobs[0], rec, _progress_bar("editing")), file=sys.stderr)
         return 0
+
+    def edit_alone(group, report):
+        [(src, dst)] = group
+        try:
+            report(src, edit_one(src, dst, read_recording(src), _progress_bar(src.name, position=1)))
+        except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
+            report(src, e)
+
+    def edit_together(group, report):
+        """Files decoded as one batch (editor.edit_many); each is read, checked, rendered and
+        written on its own, so that one bad file does not stop the others."""
+        takes, kept = [], []
+        for src, dst in group:
+            try:
+                rec = read_recording(src)
+                check(rec)
+                take = editor.encode(rec.wav, rec.sample_rate)
+                check_output_form(take.after(take.codes, operation_of(text)).in_input_form(args.render), rate,
+                                  args.channels, rec.sample_rate)
+                takes.append(take)
+                kept.append((src, dst, rec))
+            except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
+                report(src, e)
+        if not takes:
+            return
+        start = time.perf_counter()
+        try:
+            edited = edit_many(editor, takes, text, sampling, batch=len(takes),
+                               progress=_progress_bar(f"{len(takes)} songs" if len(takes) > 1 else kept[0][0].name,
+                                                      position=1))
+        except ValueError as e:  # the decode itself failed (non-finite scores): every song of the batch
+            for src, _, _ in kept:
+                report(src, e)
+            return
+        for (src, dst, rec), take in zip(kept, edited):
+            try:
+                result, out_rate = editor.render(take, args.render, rate=rate, channels=args.channels)
+                write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
+                report(src, f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} "
+                            f"channel(s)); {len(takes)} song(s) in {time.perf_counter() - start:.1f} s")
+            except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
+                report(src, e)
+
+    if ranged:  # a time range is edited song by song (Editor.edit)
+        size = 1
+    elif size == "auto":
+        size = _auto_batch_size(editor, sampling, jobs)
+    print(f"songs decoded together: {size}", file=sys.stderr)
     # many files: a file's result must not depend on how many processes share the run
     with ranks.fixed_threads(args.threads or ranks.REPRODUCIBLE_THREADS):
-        return _edit_many(ranks.share(jobs), edit_one, args.overwrite)
+        return _edit_many(jobs, size, edit_alone if ranged else edit_together, args.overwrite)
+
+
+MAX_BATCH = 64   # songs decoded together at most (--batch)
+AUTO_BATCH = 8   # at most, when chosen from the device's memory
+
+
+def _batch_option(value: str):
+    """--batch: "auto" or a number of songs from 1 to MAX_BATCH."""
+    if value == "auto":
+        return value
+    if not value.isdigit() or not 1 <= int(value) <= MAX_BATCH:
+        raise ValueError(f"--batch takes auto or a number of songs from 1 to {MAX_BATCH}, got {value!r}")
+    return int(value)
+
+
+def _auto_batch_size(editor, sampling, jobs) -> int:
+    """Songs to decode together: what a quarter of the device's memory holds (its total, not what
+    happens to be free, so that a machine always picks the same), at most AUTO_BATCH: per song
+    the decode's working memory and about 3.6 times its audio as float32 (README, "What it
+    needs")."""
+    import os
+
+    import soundfile as sf
+
+    from . import working_memory
+    device = editor.model.device
+    if device.type == "cuda":
+        total = torch_total_memory(device)
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    audio = 0
+    for src, _ in jobs:
+        try:
+            info = sf.info(str(src))
+            audio = max(audio, info.frames * info.channels * 4 * 4)
+        except (RuntimeError, TypeError, OSError):
+            continue  # unreadable: reported in its turn
+    per_song = working_memory.of_editor(editor, 1, sampling) + audio
+    return max(1, min(AUTO_BATCH, total // 4 // max(per_song, 1)))
+
+
+def torch_total_memory(device) -> int:
+    import torch
+    return torch.cuda.get_device_properties(device).total_memory
 
 
 def _check_batch(jobs, overwrite: bool, check_form):
@@ -184,33 +277,38 @@ def _check_batch(jobs, overwrite: bool, check_form):
             raise about(AudioError(f"{src.name}: {e}"), setting_of(e)) from None
 
 
-def _edit_many(jobs, edit_one, overwrite: bool) -> int:
-    """Edit this process's share of the files, skipping outputs already written (a rerun after an
+def _edit_many(jobs, size: int, edit_group, overwrite: bool) -> int:
+    """Edit this process's share of the files, `size` at a time: the files are cut into batches
+    in their order and the processes take whole batches, so that the same batches are decoded
+    however many processes share the run. Outputs already written are skipped (a rerun after an
     interruption continues where it stopped: outputs appear only when complete). A file that
     cannot be edited is reported and the others go on; the exit code says whether any failed."""
     from tqdm import tqdm
 
     from . import ranks
-    from .audio import AudioError, read_recording
-    todo = [(src, dst) for src, dst in jobs if overwrite or not dst.exists()]
-    if len(todo) < len(jobs):
-        print(f"{len(jobs) - len(todo)} of {len(jobs)} outputs are already there (finished earlier): skipped",
-              file=sys.stderr)
+    groups = ranks.share([jobs[i:i + size] for i in range(0, len(jobs), size)])
+    todo = [[(src, dst) for src, dst in group if overwrite or not dst.exists()] for group in groups]
+    mine, left = sum(len(g) for g in groups), sum(len(g) for g in todo)
+    if left < mine:
+        print(f"{mine - left} of {mine} outputs are already there (finished earlier): skipped", file=sys.stderr)
     failed = []
-    rank, size = ranks.world()
-    files = tqdm(total=len(todo), desc=f"files (process {rank})" if size > 1 else "files", unit="file", position=0)
-    for src, dst in todo:
-        try:
-            line = edit_one(src, dst, read_recording(src), _progress_bar(src.name, position=1))
-            files.write(line, file=sys.stderr)
-        except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
+    rank, world = ranks.world()
+    files = tqdm(total=left, desc=f"files (process {rank})" if world > 1 else "files", unit="file", position=0)
+
+    def report(src, outcome):
+        if isinstance(outcome, Exception):
             failed.append(src)
-            files.write(f"{src}: error: {e}", file=sys.stderr)
+            files.write(f"{src}: error: {outcome}", file=sys.stderr)
+        else:
+            files.write(outcome, file=sys.stderr)
         files.update(1)
+    for group in todo:
+        if group:
+            edit_group(group, report)
     files.close()
     ranks.leave()
     if failed:
-        print(f"imgen edit: {len(failed)} of {len(todo)} files failed: {', '.join(str(f) for f in failed)}",
+        print(f"imgen edit: {len(failed)} of {left} files failed: {', '.join(str(f) for f in failed)}",
               file=sys.stderr)
         return 1
     return 0
@@ -391,6 +489,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--instruction", help="free-text instruction instead of --op/--stem (advanced)")
     _add_model_args(e)
     e.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    e.add_argument("--batch", default="auto", help=f"with several files: how many songs are decoded together, "
+                   f"1 to {MAX_BATCH}, or auto (from the device's total memory, at most {AUTO_BATCH}). Each song keeps "
+                   "its own random draws; songs edited with another batch size can differ by float rounding only")
     _add_generation_args(e, f"default: every core for one file; {REPRODUCIBLE_THREADS} for several, so that each "
                          "file's result is the same whatever the number of processes a run is spread over")
     e.set_defaults(func=cmd_edit)
@@ -508,7 +609,7 @@ def main(argv=None) -> int:
         print(f"imgen {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        kept = " (the files finished are kept: rerun to continue)" if getattr(args, "batch", False) else ""
+        kept = " (the files finished are kept: rerun to continue)" if getattr(args, "many", False) else ""
         print(f"imgen {args.command}: interrupted; nothing was written of the file in progress{kept}",
               file=sys.stderr)
         return 130

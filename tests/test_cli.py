@@ -14,7 +14,7 @@ import torch
 from imgen_core.audio import write_audio
 from imgen_core.cli import main
 from imgen_core.synthetic import song
-from support import tiny_args, tone
+from support import REPO, tiny_args, tone
 
 
 def test_demo_writes_a_32k_file_of_the_expected_length(tmp_path, capsys):
@@ -181,7 +181,7 @@ def test_a_folder_edit_interrupted_after_two_files_writes_only_the_other_three_o
     inputs = {p.name: p.read_bytes() for p in src.iterdir()}
     out = tmp_path / "edited"
     args = ["edit", str(src), "-o", str(out), "--op", "remove", "--stem", "drums", "--window", "1.0",
-            "--overlap", "0.5", *tiny_args(tiny_files)]
+            "--overlap", "0.5", "--batch", "1", *tiny_args(tiny_files)]
     real_bar = cli._progress_bar
 
     def stop_at_the_third(desc, position=0):
@@ -309,3 +309,44 @@ def test_a_folder_edited_into_itself_continues_on_rerun(tmp_path, tiny_files, ca
         assert main([*args, *extra]) == 2
         assert "would both be written to" in capsys.readouterr().err
     assert (songs / "s2.wav").read_bytes() == mine
+
+
+def _edit_folder(tiny_files, src, out, batch, processes=1):
+    cmd = ["-m", "imgen_core.cli", "edit", str(src), "-o", str(out), "--op", "add", "--stem", "bass", "--window",
+           "1.0", "--overlap", "0.4", "--batch", str(batch), *tiny_args(tiny_files)]
+    if processes > 1:
+        cmd = ["-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port", "29533", *cmd]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env.update(PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+
+
+def test_a_folder_is_decoded_in_batches_with_the_files_of_one_song_at_a_time_and_of_two_processes(tmp_path,
+                                                                                                  tiny_files):
+    """--batch 3 decodes the songs of a folder (of several lengths) three at a time; every file is
+    the one --batch 1 writes (the tiny model rounds alike over 1 to 3 rows), a bad file among
+    them is reported and the others are written, and two processes (taking whole batches) write
+    the same bytes as one."""
+    src = tmp_path / "songs"
+    src.mkdir()
+    for i, seconds in enumerate([1.0, 2.2, 1.0, 1.7, 3.0, 1.0, 1.3]):
+        write_audio(src / f"song{i}.wav", tone(seconds, freq=110.0 + 40 * i, level=0.3), 32000)
+    (src / "song9.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(100))  # broken
+    runs = {}
+    for name, batch, processes in (("one", 1, 1), ("three", 3, 1), ("three-in-two", 3, 2)):
+        run = _edit_folder(tiny_files, src, tmp_path / name, batch, processes)
+        assert run.returncode == 1, run.stderr[-3000:]  # the broken file
+        assert "song9.wav: error:" in run.stderr and f"songs decoded together: {batch}" in run.stderr
+        runs[name] = {p.name: p.read_bytes() for p in (tmp_path / name).iterdir()}
+        assert sorted(runs[name]) == [f"song{i}.wav" for i in range(7)], name
+    assert runs["three"] == runs["one"]
+    assert runs["three-in-two"] == runs["three"]
+    assert len(set(runs["one"].values())) == 7
+
+
+def test_the_batch_option_is_checked_before_the_model_loads(tmp_path, capsys):
+    for bad in ("0", "65", "two", "-1"):
+        assert main(["edit", "a.wav", "b.wav", "-o", str(tmp_path / "out"), "--op", "add", "--stem", "bass",
+                     "--batch", bad]) == 2
+        err = capsys.readouterr().err
+        assert "--batch takes auto or a number of songs from 1 to 64" in err and "Traceback" not in err
