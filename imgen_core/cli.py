@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import sys
 import time
@@ -202,7 +203,7 @@ def cmd_edit(args) -> int:
     if ranged:  # a time range is edited song by song (Editor.edit)
         size = 1
     elif size == "auto":
-        size = _auto_batch_size(editor, sampling, jobs)
+        size = _auto_batch_size(editor, sampling, _largest_audio_bytes(jobs))
     print(f"songs decoded together: {size}", file=sys.stderr)
     # many files: a file's result must not depend on how many processes share the run
     with ranks.fixed_threads(args.threads or ranks.REPRODUCIBLE_THREADS):
@@ -222,14 +223,11 @@ def _batch_option(value: str):
     return int(value)
 
 
-def _auto_batch_size(editor, sampling, jobs) -> int:
+def _auto_batch_size(editor, sampling, audio_bytes: int) -> int:
     """Songs to decode together: what a quarter of the device's memory holds (its total, not what
     happens to be free, so that a machine always picks the same), at most AUTO_BATCH: per song
-    the decode's working memory and about 3.6 times its audio as float32 (README, "What it
-    needs")."""
+    the decode's working memory and `audio_bytes` for its audio."""
     import os
-
-    import soundfile as sf
 
     from . import working_memory
     device = editor.model.device
@@ -237,15 +235,22 @@ def _auto_batch_size(editor, sampling, jobs) -> int:
         total = torch_total_memory(device)
     else:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    audio = 0
+    per_song = working_memory.of_editor(editor, 1, sampling) + audio_bytes
+    return max(1, min(AUTO_BATCH, total // 4 // max(per_song, 1)))
+
+
+def _largest_audio_bytes(jobs) -> int:
+    """About what the largest input takes while edited: 3.6 times its samples as float32 (README,
+    "What it needs"), from the headers."""
+    import soundfile as sf
+    largest = 0
     for src, _ in jobs:
         try:
             info = sf.info(str(src))
-            audio = max(audio, info.frames * info.channels * 4 * 4)
+            largest = max(largest, info.frames * info.channels * 4 * 4)
         except (RuntimeError, TypeError, OSError):
             continue  # unreadable: reported in its turn
-    per_song = working_memory.of_editor(editor, 1, sampling) + audio
-    return max(1, min(AUTO_BATCH, total // 4 // max(per_song, 1)))
+    return largest
 
 
 def torch_total_memory(device) -> int:
@@ -420,6 +425,7 @@ def cmd_eval(args) -> int:
                             tuple(c.strip() for c in args.classes.split(",")) if args.classes else None,
                             args.seconds, args.limit, args.every_stem, args.render, _sampling(args),
                             **({} if args.threads is None else {"threads": args.threads}))
+    batch = _batch_option(args.batch)
     songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
     out = Path(args.out)
     _check_model_settings(args, settings.sampling)
@@ -439,6 +445,10 @@ def cmd_eval(args) -> int:
         check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None)
+    if batch == "auto":  # a clip's audio: its input, target and edit at 44.1 kHz, and their metrics
+        batch = _auto_batch_size(editor, settings.sampling, int(settings.seconds * 44100 * 4 * 16))
+    settings = dataclasses.replace(settings, batch=batch)
+    report(f"clips decoded together: up to {batch} (those with one instruction)")
     summary = evaluate(editor, settings, models, keep_audio=not args.no_audio, songs=songs,
                        progress=_progress_bar(f"clips (process {rank})" if size > 1 else "clips", unit="clip"))
     ranks.leave()
@@ -538,6 +548,9 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--every-stem", action="store_true",
                    help="one clip per song, operation and target stem present (default: one per song and operation, "
                         "its stem drawn, as the paper)")
+    v.add_argument("--batch", default="auto", help=f"clips decoded together (those of one instruction), 1 to "
+                   f"{MAX_BATCH}, or auto (from the device's total memory, at most {AUTO_BATCH}); results differ from "
+                   "one batch size to another by float rounding only")
     v.add_argument("--render", default=run.render, choices=RENDER_MODES,
                    help=f"how the edit is rendered (default {run.render}: the model's output, as the paper scored it)")
     v.add_argument("--skip", help=f"comma-separated metrics not to compute among {', '.join(METRIC_MODELS)}")

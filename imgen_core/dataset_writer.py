@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import yaml
 
-from .arrangement import MAX_PARTS, Song, arrange
+from .arrangement import MAX_PARTS, Part, Song, arrange
 from .files import replacing
 from .synthesis import SAMPLE_RATE, prepare, render_part
 

@@ -14,7 +14,6 @@ the audio of every clip (input, target, edited).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import zlib
@@ -23,10 +22,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from . import metrics, ranks
 from .audio import resample, write_audio
 from .data import SAMPLE_RATE, draw_eval_triplet, eval_triplets, read_songs
+from .editor import edit_many
 from .errors import about
 from .eval_models import CLAP_RATE
 from .files import replacing
@@ -58,6 +59,7 @@ class EvalSettings:
     render: str = "model"  # the paper scored the model's own output
     sampling: Sampling = Sampling()
     threads: int = ranks.REPRODUCIBLE_THREADS  # per process: results do not depend on how the run is split
+    batch: int = 1  # clips decoded together (those of one instruction); results differ only by rounding
 
     def __post_init__(self):
         ops = tuple(self.operations)
@@ -72,6 +74,8 @@ class EvalSettings:
         render_mode(self.render, ["add"])
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise about(ValueError(f"threads must be an integer of at least 1, got {self.threads!r}"), "threads")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 64:
+            raise about(ValueError(f"the batch must be 1 to 64 clips, got {self.batch!r}"), "batch")
 
 
 def clip_seed(seed: int, clip: str) -> int:
@@ -88,15 +92,32 @@ def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, ob
     return clips
 
 
-def score_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, models: dict,
-               audio_dir: Path | None, target: str | None = None) -> tuple[dict, dict]:
-    """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured). `target`:
-    the stem to edit, or None to draw it."""
-    seed = settings.sampling.seed
-    t = draw_eval_triplet(song, operation, classes, settings.seconds, seed, editor.dialect, target)
-    sampling = dataclasses.replace(settings.sampling, seed=clip_seed(seed, clip))
-    edited, rate = editor.edit_audio(t.input, SAMPLE_RATE, t.text, sampling, render=settings.render)
-    edited = edited[0].mean(0)  # mono, as every metric takes it
+def draw_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, target: str | None = None):
+    """The clip's triplet (`target`: the stem to edit, or None to draw it)."""
+    return draw_eval_triplet(song, operation, classes, settings.seconds, settings.sampling.seed, editor.dialect, target)
+
+
+def edit_clips(editor, settings: EvalSettings, clips: list[str], triplets: list) -> list[tuple[torch.Tensor, int]]:
+    """The clips' edited audio (mono, and its rate), the clips with one instruction decoded
+    together (editor.edit_many), each drawing from its own seed (`clip_seed`): a clip's tokens do
+    not depend on the others, up to the rounding of products over more rows."""
+    out: list = [None] * len(clips)
+    by_text: dict[str, list[int]] = {}
+    for i, t in enumerate(triplets):
+        by_text.setdefault(t.text, []).append(i)
+    for text, members in by_text.items():
+        takes = [editor.encode(triplets[i].input, SAMPLE_RATE) for i in members]
+        seeds = [clip_seed(settings.sampling.seed, clips[i]) for i in members]
+        for i, take in zip(members, edit_many(editor, takes, text, settings.sampling, batch=len(members), seeds=seeds)):
+            edited, rate = editor.render(take, settings.render)
+            out[i] = (edited[0].mean(0), rate)  # mono, as every metric takes it
+    return out
+
+
+def score_clip(settings: EvalSettings, clip: str, song, operation: str, t, edited: torch.Tensor, rate: int,
+               models: dict, audio_dir: Path | None) -> tuple[dict, dict]:
+    """(the clip's row, its VGGish frames {"edited", "target"} when FAD is measured) for triplet
+    `t` edited into `edited` (mono at `rate`)."""
     if audio_dir is not None:
         folder = audio_dir / clip
         folder.mkdir(parents=True, exist_ok=True)
@@ -206,19 +227,25 @@ def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool =
     returned; elsewhere None. `songs`: the dataset as `data.read_songs` returns it, when already
     read."""
     classes = [c.lower() for c in (settings.classes or editor.stems)]
-    clips = clip_list(settings, classes, songs)
-    mine = ranks.share(list(enumerate(clips)))
+    clips = list(enumerate(clip_list(settings, classes, songs)))
+    # batches of clips in the list's order; the processes take whole batches
+    mine = ranks.share([clips[i:i + settings.batch] for i in range(0, len(clips), settings.batch)])
     out = Path(settings.out)
-    rows, frames = [], {}
+    rows, frames, done = [], {}, 0
     with ranks.fixed_threads(settings.threads):
-        for done, (index, (clip, song, op, target)) in enumerate(mine, start=1):
-            row, clip_frames = score_clip(editor, settings, classes, clip, song, op, models,
-                                          out / "audio" if keep_audio else None, target)
-            rows.append((index, row))
-            if clip_frames:
-                frames[clip] = clip_frames
-            if progress is not None:
-                progress(done, len(mine))
+        for batch in mine:
+            triplets = [draw_clip(editor, settings, classes, clip, song, op, target)
+                        for _, (clip, song, op, target) in batch]
+            edited = edit_clips(editor, settings, [clip for _, (clip, *_) in batch], triplets)
+            for (index, (clip, song, op, _)), t, (audio, rate) in zip(batch, triplets, edited):
+                row, clip_frames = score_clip(settings, clip, song, op, t, audio, rate, models,
+                                              out / "audio" if keep_audio else None)
+                rows.append((index, row))
+                if clip_frames:
+                    frames[clip] = clip_frames
+                done += 1
+                if progress is not None:
+                    progress(done, sum(len(b) for b in mine))
     everything = ranks.gather((rows, frames))
     if ranks.world()[0] != 0:
         return None

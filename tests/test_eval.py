@@ -187,6 +187,13 @@ def test_eval_on_rendered_music_every_stem_and_two_processes_give_the_one_proces
     assert len({round(r["ssim"], 6) for r in rows}) > len(rows) // 2
     for name in ("clips.jsonl", "clips.csv", "summary.json", "summary.md"):
         assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text(), name
+    # the clips of one instruction were decoded together (auto); one at a time gives the same here
+    assert "clips decoded together: up to 8" in one.stderr
+    alone = run_eval(tiny_files, rendered_slakh, tmp_path / "alone", extra=(*extra, "--batch", "1", "--skip", "notes"))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    strip = lambda row: {k: v for k, v in row.items() if not k.startswith("note_")}  # noqa: E731
+    assert [strip(json.loads(line)) for line in (tmp_path / "alone" / "clips.jsonl").read_text().splitlines()] == \
+        [strip(r) for r in rows]
     summary = {(e["operation"], e["target"]): e for e in json.loads((tmp_path / "one" / "summary.json").read_text())}
     assert set(summary) == wanted | {(op, "all") for op in ("add", "remove", "extract")}
     for (op, stem), entry in summary.items():
