@@ -109,3 +109,21 @@ def test_a_songs_tokens_do_not_depend_on_its_batch_mates(tiny_editor):
     assert torch.equal(first.codes, other.codes)
     reseeded = edit_many(tiny_editor, [takes[0], takes[1]], text, sampling, batch=2, seeds=[9, 6])[0]
     assert not torch.equal(first.codes, reseeded.codes)
+
+
+def test_the_throughput_benchmark_reports_its_rows(tmp_path):
+    """benchmarks/throughput.py at tiny size: the JSON rows its README table comes from."""
+    import json
+    import subprocess
+    import sys
+
+    from support import REPO
+    out = tmp_path / "throughput.json"
+    run = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--size", "tiny", "--batches",
+                          "1", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"device", "batch", "songs_per_hour", "audio_seconds_per_second"} <= set(r)
+        assert r["songs_per_hour"] > 0 and r["token_agreement_with_batch_1"] == 1.0
