@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -225,16 +225,17 @@ def _batch_option(value: str):
 
 def _auto_batch_size(editor, sampling, audio_bytes: int) -> int:
     """Songs to decode together: what a quarter of the device's memory holds (its total, not what
-    happens to be free, so that a machine always picks the same), at most AUTO_BATCH: per song
-    the decode's working memory and `audio_bytes` for its audio."""
+    happens to be free, so that a machine always picks the same; on the CPU shared by the
+    processes of a run), at most AUTO_BATCH: per song the decode's working memory and
+    `audio_bytes` for its audio."""
     import os
 
-    from . import working_memory
+    from . import ranks, working_memory
     device = editor.model.device
     if device.type == "cuda":
-        total = torch_total_memory(device)
+        total = _cuda_total_memory(device)
     else:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // ranks.world()[1]
     per_song = working_memory.of_editor(editor, 1, sampling) + audio_bytes
     return max(1, min(AUTO_BATCH, total // 4 // max(per_song, 1)))
 
@@ -253,7 +254,7 @@ def _largest_audio_bytes(jobs) -> int:
     return largest
 
 
-def torch_total_memory(device) -> int:
+def _cuda_total_memory(device) -> int:
     import torch
     return torch.cuda.get_device_properties(device).total_memory
 
