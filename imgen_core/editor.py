@@ -119,7 +119,8 @@ class Editor:
             raise ValueError(f"{len(texts)} instructions for a batch of {b}")
         texts = [instructions.free_text(t) for t in texts]
         window, overlap = sampling.window_frames(self.frame_rate, self.max_frames)
-        generator = torch.Generator(device=self.model.device).manual_seed(int(sampling.seed))
+        # a generator per item, each from the seed: an item gets what editing it alone gives
+        generator = [torch.Generator(device=self.model.device).manual_seed(int(sampling.seed)) for _ in range(b)]
         return edit_windowed(self.model, codes.to(self.model.device), self.text_condition(texts), sampling,
                              window=window, overlap=overlap, generator=generator, progress=progress,
                              on_window=on_window).cpu()

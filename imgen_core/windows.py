@@ -50,12 +50,13 @@ def steps_of(plan: list[Window], delays) -> int:
 
 
 def edit_windowed(model: InstructMusicGen, cond_codes: torch.Tensor, text_cond: torch.Tensor,
-                  sampling: Sampling, *, window: int, overlap: int, generator: torch.Generator | None = None,
+                  sampling: Sampling, *, window: int, overlap: int, generator=None,
                   progress: Callable[[int, int], None] | None = None,
                   on_window: Callable[[Window, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Edited codes with the shape of `cond_codes` [B, K, T], any T, in windows of `window`
     frames re-reading `overlap` (`Sampling.window_frames` turns its seconds into these). Every
-    window is `generate(..., sampling, generator=generator)` over the B rows together;
+    window is `generate(..., sampling, generator=generator)` over the B rows together (one
+    generator, or one per row);
     `on_window(window, codes)` sees each window's generated codes."""
     rows = list(range(cond_codes.shape[0]))
     out = decode_rounds(model, list(cond_codes), text_cond, sampling, window, overlap, [rows],

@@ -137,3 +137,15 @@ def test_clips_shorter_than_a_second(tiny_editor, samples):
     wav = 0.5 * torch.sin(torch.arange(samples) * 0.3 + 1.0)[None]
     out, _ = tiny_editor.edit_audio(wav, 32000, tiny_editor.instruction("extract", "piano"))
     assert out.shape == (1, 1, samples)
+
+
+def test_the_items_of_a_batch_each_get_what_editing_them_alone_gives(tiny_editor):
+    """A batch of clips (ComfyUI's Batch of clips) under one instruction: each item draws from its
+    own generator, so each gets the tokens it gets alone, whatever its batch mates."""
+    clips = [tone(0.8, freq=f) for f in (220.0, 330.0, 495.0)]
+    text, sampling = tiny_editor.instruction("remove", "drums"), Sampling(seed=4)
+    together = tiny_editor.edit(tiny_editor.encode(torch.stack(clips), 32000), text, sampling).codes
+    for i, clip in enumerate(clips):
+        alone = tiny_editor.edit(tiny_editor.encode(clip, 32000), text, sampling).codes
+        assert torch.equal(together[i:i + 1], alone), i
+    assert not torch.equal(together[0], together[1])
