@@ -66,7 +66,7 @@ def make_patcher(module, on_unload=None):
         from comfy.patcher_extension import CallbacksMP
 
         def detached(p, unpatch_all):
-            if unpatch_all and torch.device(p.load_device) == torch.device(p.offload_device):
+            if unpatch_all and _same(torch.device(p.load_device), torch.device(p.offload_device)):
                 on_unload()
         patcher.add_callback(CallbacksMP.ON_DETACH, detached)
     return patcher
