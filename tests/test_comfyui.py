@@ -41,7 +41,6 @@ def test_decode_says_what_it_returns(object_info):
     assert "input's rate" in tooltip and "input's channels" in tooltip
 
 
-_prepare = api_prompt
 
 
 def _set_input_file(prompt: dict, name: str):
@@ -57,7 +56,7 @@ def test_shipped_workflow_runs(server, object_info, workflow):
     assert types & {"Note", "MarkdownNote"}, "every shipped workflow explains itself in a note"
     assert all(t.startswith("InstructMusicGen") or t in ("Note", "MarkdownNote", "SaveAudio", "PreviewAudio")
                for t in types)
-    prompt = _prepare(workflow, object_info)
+    prompt = api_prompt(workflow, object_info)
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "success", error_message(history) or server.log_text()[-3000:]
     files = list(server.output_files(history).values())
@@ -79,7 +78,7 @@ def _run_and_read(server, prompt) -> torch.Tensor:
 
 
 def test_two_songs_give_two_different_results(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     first = _run_and_read(server, prompt)
     _set_input_file(prompt, "other song.wav")
     second = _run_and_read(server, prompt)
@@ -88,8 +87,8 @@ def test_two_songs_give_two_different_results(server, object_info):
 
 
 def test_a_chained_edit_differs_from_its_first_edit_alone(server, object_info):
-    single = _run_and_read(server, _prepare(REPO / "workflows" / "Extract a stem.json", object_info))
-    chained = _run_and_read(server, _prepare(REPO / "workflows" / "Extract then add.json", object_info))
+    single = _run_and_read(server, api_prompt(REPO / "workflows" / "Extract a stem.json", object_info))
+    chained = _run_and_read(server, api_prompt(REPO / "workflows" / "Extract then add.json", object_info))
     assert single.shape == chained.shape
     assert (single - chained).norm() > 0.3 * single.norm()
 
@@ -98,7 +97,7 @@ def test_a_range_edit_keeps_every_sample_outside_the_range(server, object_info):
     """Add in a time range (1.0 to 2.5 s, fades 0.05 s), saved by our 16-bit WAV saver, like the
     input: outside the range the input's very samples; inside, the edit. Model rendering of the
     same range keeps the outside too."""
-    prompt = _prepare(REPO / "workflows" / "Add in a time range.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Add in a time range.json", object_info)
     for node in prompt.values():
         if node["class_type"] in ("SaveAudio", "InstructMusicGenSaveAudio"):
             node["class_type"], node["inputs"]["filename_prefix"] = "InstructMusicGenSaveAudio", "range"
@@ -117,7 +116,7 @@ def test_a_range_edit_keeps_every_sample_outside_the_range(server, object_info):
 
 def test_the_loader_offers_int8_weights(server, object_info):
     assert "int8" in object_info["InstructMusicGenLoader"]["input"]["required"]["dtype"][0]
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenLoader":
             node["inputs"]["dtype"] = "int8"
@@ -132,14 +131,14 @@ def test_second_workflow_reuses_the_loaded_model(server, object_info):
                    if "[Instruct-MusicGen] loading weights" in line and "tiny.safetensors (auto)" in line)
     counts = []
     for name in ("Remove a stem.json", "Add a stem.json"):
-        history = server.wait(server.queue(_prepare(REPO / "workflows" / name, object_info)))
+        history = server.wait(server.queue(api_prompt(REPO / "workflows" / name, object_info)))
         assert history["status"]["status_str"] == "success"
         counts.append(loads())
     assert counts[1] == counts[0] >= 1, counts
 
 
 def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Replace a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Replace a stem.json", object_info)
     _set_input_file(prompt, "long.wav")
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenDecode":
@@ -152,7 +151,7 @@ def test_long_song_through_the_nodes_keeps_its_length_rate_and_channels(server, 
 
 
 def _run_roomy(server, object_info, i: int, seed: int = 0):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info, ROOMY[i])
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info, ROOMY[i])
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenEdit":
             node["inputs"]["seed"] = seed
@@ -223,7 +222,7 @@ def test_other_weights_replace_the_previous_ones(server, object_info):
 
 
 def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     _set_input_file(prompt, "corrupt.wav")
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
@@ -231,7 +230,7 @@ def test_bad_input_file_reports_our_message_and_server_recovers(server, object_i
     _set_input_file(prompt, "../outside.wav")
     refused = server.post("/prompt", {"prompt": prompt})
     assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Remove a stem.json", object_info)))
+    history = server.wait(server.queue(api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
 
 
@@ -239,7 +238,7 @@ def test_out_of_range_and_nan_times_are_refused(server, object_info):
     """Load Audio's start below its minimum is refused by ComfyUI's own range check (the node's
     VALIDATE_INPUTS takes only the file, so ComfyUI still applies it); NaN, which passes any
     range check, is refused by the nodes themselves, in words."""
-    prompt = _prepare(REPO / "workflows" / "Add in a time range.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Add in a time range.json", object_info)
     loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoadAudio")
     prompt[loader]["inputs"]["start"] = -1.0
     refused = server.post("/prompt", {"prompt": prompt})
@@ -255,7 +254,7 @@ def test_out_of_range_and_nan_times_are_refused(server, object_info):
 
 
 def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Add a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Add a stem.json", object_info)
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenEdit":
             node["inputs"]["stem"] = "organ"
@@ -264,7 +263,7 @@ def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info
 
 
 def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info, models=SLOW)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info, models=SLOW)
     _set_input_file(prompt, "long.wav")
     prompt_id = server.queue(prompt)
     server.wait_until_decoding(prompt_id, "slow.safetensors")
@@ -275,7 +274,7 @@ def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):
     assert history["status"]["status_str"] == "error"
     kinds = [m[0] for m in history["status"]["messages"]]
     assert "execution_interrupted" in kinds
-    history = server.wait(server.queue(_prepare(REPO / "workflows" / "Extract a stem.json", object_info)))
+    history = server.wait(server.queue(api_prompt(REPO / "workflows" / "Extract a stem.json", object_info)))
     assert history["status"]["status_str"] == "success"
 
 
@@ -306,7 +305,7 @@ def test_pack_imports_without_comfyui():
 
 
 def test_a_missing_model_file_is_reported_once(server, object_info):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoader")
     prompt[loader]["inputs"]["adapter"] = "missing.safetensors"
     refused = server.post("/prompt", {"prompt": prompt})
@@ -318,7 +317,7 @@ def test_a_missing_model_file_is_reported_once(server, object_info):
 
 @pytest.mark.parametrize("name", ["t5", "encodec"])
 def test_text_and_codec_folders_are_checked_against_the_list(server, object_info, name):
-    prompt = _prepare(REPO / "workflows" / "Remove a stem.json", object_info)
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     loader = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenLoader")
     prompt[loader]["inputs"][name] = "/etc"
     refused = server.post("/prompt", {"prompt": prompt})
