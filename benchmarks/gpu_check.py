@@ -60,22 +60,15 @@ class Skipped(Exception):
     """The section cannot run here; the message says why."""
 
 
-def fixtures_dir() -> Path | None:
-    for path in (os.environ.get("IMGEN_FIXTURES"), REPO.parent / "shared" / "fixtures", REPO / "shared" / "fixtures"):
-        if path and Path(path).is_dir():
-            return Path(path)
-    return None
-
-
 def engine_tests(device: torch.device, quick: bool, work: Path) -> dict:
-    found = fixtures_dir()
-    if found is None:
-        raise Skipped("no parity fixtures (set IMGEN_FIXTURES)")
     try:
         import pytest  # noqa: F401
     except ImportError:
         raise Skipped("pytest is not installed here") from None
-    env = dict(os.environ, IMGEN_FIXTURES=str(found))
+    from support import FIXTURES
+    if not FIXTURES.is_dir():
+        raise Skipped(f"no parity fixtures at {FIXTURES} (set IMGEN_FIXTURES)")
+    env = dict(os.environ, IMGEN_FIXTURES=str(FIXTURES))
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", "tests/test_engine.py"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-300:]

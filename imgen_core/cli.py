@@ -135,8 +135,8 @@ def cmd_edit(args) -> int:
         check(rec)
         check_audio(rec.wav, rec.sample_rate, f"input {jobs[0][0].name}")
     else:
-        _check_batch(jobs, args.overwrite, lambda rate_in: check_output_form(mode == "preserve" or ranged, rate,
-                                                                            args.channels, rate_in))
+        largest = _check_batch(jobs, args.overwrite, lambda rate_in: check_output_form(
+            mode == "preserve" or ranged, rate, args.channels, rate_in))
     device = ranks.join(device)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None)
@@ -203,19 +203,19 @@ def cmd_edit(args) -> int:
     if ranged:  # a time range is edited song by song (Editor.edit)
         size = 1
     elif size == "auto":
-        size = _auto_batch_size(editor, sampling, _largest_audio_bytes(jobs))
+        size = _auto_batch_size(editor, sampling, largest)
     print(f"songs decoded together: {size}", file=sys.stderr)
     # many files: a file's result must not depend on how many processes share the run
     with ranks.fixed_threads(args.threads or ranks.REPRODUCIBLE_THREADS):
         return _edit_many(jobs, size, edit_alone if ranged else edit_together, args.overwrite)
 
 
-MAX_BATCH = 64   # songs decoded together at most (--batch)
-AUTO_BATCH = 8   # at most, when chosen from the device's memory
+AUTO_BATCH = 8  # songs decoded together at most when chosen from the device's memory
 
 
 def _batch_option(value: str):
     """--batch: "auto" or a number of songs from 1 to MAX_BATCH."""
+    from .sampling import MAX_BATCH
     if value == "auto":
         return value
     if not value.isdigit() or not 1 <= int(value) <= MAX_BATCH:
@@ -240,29 +240,17 @@ def _auto_batch_size(editor, sampling, audio_bytes: int) -> int:
     return max(1, min(AUTO_BATCH, total // 4 // max(per_song, 1)))
 
 
-def _largest_audio_bytes(jobs) -> int:
-    """About what the largest input takes while edited: 3.6 times its samples as float32 (README,
-    "What it needs"), from the headers."""
-    import soundfile as sf
-    largest = 0
-    for src, _ in jobs:
-        try:
-            info = sf.info(str(src))
-            largest = max(largest, info.frames * info.channels * 4 * 4)
-        except (RuntimeError, TypeError, OSError):
-            continue  # unreadable: reported in its turn
-    return largest
-
-
 def _cuda_total_memory(device) -> int:
     import torch
     return torch.cuda.get_device_properties(device).total_memory
 
 
-def _check_batch(jobs, overwrite: bool, check_form):
+def _check_batch(jobs, overwrite: bool, check_form) -> int:
     """What can be known of many files before anything loads: the outputs' folders writable, and
     each input's header read (its rate checked against the output form). A file's samples are
-    read, and a silent one refused, only when its turn comes: the others still go on then."""
+    read, and a silent one refused, only when its turn comes: the others still go on then.
+    Returns about what the largest of the files to edit takes while edited: 3.6 times its
+    samples as float32 (README, "What it needs"), rounded up to 4."""
     import os
 
     import soundfile as sf
@@ -272,15 +260,19 @@ def _check_batch(jobs, overwrite: bool, check_form):
     for folder in {dst.parent for _, dst in jobs}:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise PermissionError(f"output folder is not writable: {folder}")
+    largest = 0
     for src, dst in jobs:
         if dst.exists() and not overwrite:
             continue  # done earlier: skipped
         try:
-            check_form(sf.info(str(src)).samplerate)
+            info = sf.info(str(src))
+            check_form(info.samplerate)
         except (RuntimeError, TypeError):
             continue  # unreadable: reported in its turn, the others go on
         except AudioError as e:
             raise about(AudioError(f"{src.name}: {e}"), setting_of(e)) from None
+        largest = max(largest, info.frames * info.channels * 4 * 4)
+    return largest
 
 
 def _edit_many(jobs, size: int, edit_group, overwrite: bool) -> int:
@@ -465,7 +457,7 @@ def parser() -> argparse.ArgumentParser:
     from .evaluate import EvalSettings
     from .ranks import REPRODUCIBLE_THREADS
     from .render import RENDER_MODES
-    from .sampling import Sampling
+    from .sampling import MAX_BATCH, Sampling
     from .take import DEFAULT_FADE_SECONDS
     run = EvalSettings("", "", "")
     p = argparse.ArgumentParser(prog="imgen", description="Edit music by instruction with Instruct-MusicGen.",

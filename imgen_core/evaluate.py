@@ -32,7 +32,7 @@ from .errors import about
 from .eval_models import CLAP_RATE
 from .files import replacing
 from .instructions import OPERATIONS
-from .sampling import Sampling
+from .sampling import MAX_BATCH, Sampling
 from .take import render_mode
 
 SEPARATION = ("remove", "extract")  # the operations with one right answer, where SI-SDR means something
@@ -74,8 +74,8 @@ class EvalSettings:
         render_mode(self.render, ["add"])
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise about(ValueError(f"threads must be an integer of at least 1, got {self.threads!r}"), "threads")
-        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= 64:
-            raise about(ValueError(f"the batch must be 1 to 64 clips, got {self.batch!r}"), "batch")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or not 1 <= self.batch <= MAX_BATCH:
+            raise about(ValueError(f"the batch must be 1 to {MAX_BATCH} clips, got {self.batch!r}"), "batch")
 
 
 def clip_seed(seed: int, clip: str) -> int:
@@ -90,11 +90,6 @@ def clip_list(settings: EvalSettings, classes, songs=None) -> list[tuple[str, ob
         first = set(list(dict.fromkeys(c[1].name for c in clips))[:settings.limit])
         clips = [c for c in clips if c[1].name in first]
     return clips
-
-
-def draw_clip(editor, settings: EvalSettings, classes, clip: str, song, operation: str, target: str | None = None):
-    """The clip's triplet (`target`: the stem to edit, or None to draw it)."""
-    return draw_eval_triplet(song, operation, classes, settings.seconds, settings.sampling.seed, editor.dialect, target)
 
 
 def edit_clips(editor, settings: EvalSettings, clips: list[str], triplets: list) -> list[tuple[torch.Tensor, int]]:
@@ -234,8 +229,8 @@ def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool =
     rows, frames, done = [], {}, 0
     with ranks.fixed_threads(settings.threads):
         for batch in mine:
-            triplets = [draw_clip(editor, settings, classes, clip, song, op, target)
-                        for _, (clip, song, op, target) in batch]
+            triplets = [draw_eval_triplet(song, op, classes, settings.seconds, settings.sampling.seed, editor.dialect,
+                                          target) for _, (clip, song, op, target) in batch]
             edited = edit_clips(editor, settings, [clip for _, (clip, *_) in batch], triplets)
             for (index, (clip, song, op, _)), t, (audio, rate) in zip(batch, triplets, edited):
                 row, clip_frames = score_clip(settings, clip, song, op, t, audio, rate, models,

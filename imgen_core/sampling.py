@@ -15,6 +15,7 @@ Sampler = Callable[[torch.Tensor], torch.Tensor]  # logits [..., card] -> token 
 # model's own limit (the released one's: 10 s) is checked against it.
 MAX_WINDOW_SECONDS = 60
 MIN_TEMPERATURE = 1e-3
+MAX_BATCH = 64  # songs decoded together at most (imgen edit and eval --batch)
 
 
 @dataclass(frozen=True)

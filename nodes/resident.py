@@ -47,8 +47,8 @@ class EditorWeights(torch.nn.Module):
 class ResidentEditor:
     """The loader node's output: the files, and the editor loaded from them while it is loaded."""
 
-    def __init__(self, key: tuple, files: dict, dtype: str):
-        self.key, self.files, self.dtype = key, files, dtype
+    def __init__(self, files: dict, dtype: str):
+        self.files, self.dtype = files, dtype
         self.editor: Editor | None = None
         self.patcher = None
 
@@ -137,7 +137,7 @@ def get_editor(base: str, adapter: str, t5: str, encodec: str, dtype: str, progr
     with _LOCK:
         resident = _LOADED.get(key)
         if resident is None:
-            resident = ResidentEditor(key, {"base": base, "adapter": adapter, "t5": t5, "encodec": encodec}, dtype)
+            resident = ResidentEditor({"base": base, "adapter": adapter, "t5": t5, "encodec": encodec}, dtype)
             _LOADED[key] = resident
         resident.load(progress)
         return resident

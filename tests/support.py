@@ -19,8 +19,11 @@ from imgen_core.sampling import Sampling
 from imgen_core.synthetic import stem
 
 REPO = Path(__file__).resolve().parent.parent
-# The official implementation's tiny checkpoints and outputs (never copied into the project).
-FIXTURES = Path(os.environ.get("IMGEN_FIXTURES", REPO.parent / "shared" / "fixtures"))
+# The official implementation's tiny checkpoints and outputs (never copied into the project): beside
+# the checkout, or inside it where a copy of the working tree carries them.
+FIXTURES = Path(os.environ.get("IMGEN_FIXTURES") or next(
+    (p for p in (REPO.parent / "shared" / "fixtures", REPO / "shared" / "fixtures") if p.is_dir()),
+    REPO.parent / "shared" / "fixtures"))
 FIXTURE_NAMES = ["instruct_musicgen_tiny", "instruct_musicgen_tiny_partial"]
 STEM_RATE = 44100
 

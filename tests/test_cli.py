@@ -350,3 +350,26 @@ def test_the_batch_option_is_checked_before_the_model_loads(tmp_path, capsys):
                      "--batch", bad]) == 2
         err = capsys.readouterr().err
         assert "--batch takes auto or a number of songs from 1 to 64" in err and "Traceback" not in err
+
+
+def test_auto_batch_follows_the_devices_memory_and_the_largest_file(tmp_path, tiny_editor, monkeypatch):
+    """--batch auto: a quarter of the total memory over each song's working memory plus its audio
+    (3.6 times its samples as float32, rounded up to 4), at most 8; the audio read from the headers
+    of the files still to edit."""
+    import imgen_core.cli as cli
+    from imgen_core.sampling import Sampling
+    for i, seconds in enumerate([1.0, 3.0]):
+        write_audio(tmp_path / f"s{i}.wav", tone(seconds, level=0.3), 32000)
+    jobs = [(tmp_path / f"s{i}.wav", tmp_path / "out" / f"s{i}.wav") for i in range(2)]
+    (tmp_path / "out").mkdir()
+    assert cli._check_batch(jobs, False, lambda rate: None) == 3 * 32000 * 16
+    write_audio(tmp_path / "out" / "s1.wav", tone(0.1), 32000)  # done earlier: not counted
+    assert cli._check_batch(jobs, False, lambda rate: None) == 32000 * 16
+    sampling = Sampling(window_seconds=1.0, overlap_seconds=0.5)
+    assert cli._auto_batch_size(tiny_editor, sampling, 32000 * 16) == cli.AUTO_BATCH
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 1 << 18}[name])  # 1 GiB
+    per_song = (1 << 30) // 4 // 3  # three songs fit in a quarter
+    from imgen_core import working_memory
+    audio = per_song - working_memory.of_editor(tiny_editor, 1, sampling)
+    assert cli._auto_batch_size(tiny_editor, sampling, audio) == 3
+    assert cli._auto_batch_size(tiny_editor, sampling, 1 << 40) == 1
