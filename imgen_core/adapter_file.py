@@ -1,6 +1,8 @@
-"""Our adapter: a safetensors file with only what inference needs (fusion parameters, LoRA and
-the cross-attention q/k/v bases) and metadata that says what it fits. Written tensor by
-tensor, read tensor by tensor, so neither ever holds the whole file."""
+"""Our model file: a safetensors file with only what inference needs and metadata that says what
+it fits. Either an adapter (fusion parameters, LoRA and the cross-attention q/k/v bases), which
+runs on a base MusicGen, or the whole model (the same plus the base LM's weights and its config,
+`lm_config` in the metadata), which runs alone. Written tensor by tensor, read tensor by tensor,
+so neither ever holds the whole file."""
 from __future__ import annotations
 
 import json
@@ -11,7 +13,7 @@ from typing import Callable, Iterator
 import torch
 
 from .checkpoints import CheckpointError, brief, check_finite, check_layout, check_sizes
-from .config import ConfigError, FusionConfig
+from .config import ConfigError, FusionConfig, LMConfig
 from .files import replacing
 
 ADAPTER_FORMAT = "instruct-musicgen-adapter"
@@ -40,6 +42,17 @@ def expected_adapter_shapes(lm_layers: int, dim: int, fusion: FusionConfig) -> d
             else:
                 shapes[p + f"{proj}.weight"] = (dim, dim)
     return shapes
+
+
+def expected_lm_shapes(lm_cfg: LMConfig, fusion: FusionConfig) -> dict[str, tuple]:
+    """The base LM's weights (with the text projection) as our model names them, from its config."""
+    from .model import InstructMusicGen
+    try:
+        with torch.device("meta"):
+            model = InstructMusicGen(lm_cfg, fusion, lora=True)
+    except ConfigError as e:
+        raise CheckpointError(f"the LM config and the adapter do not fit together: {brief(e)}") from None
+    return {k: tuple(v.shape) for k, v in model.base_state_dict().items()}
 
 
 _SAFETENSORS_CODES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -76,10 +89,26 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path, metadata: dict[str
 
 
 def adapter_metadata(fusion: FusionConfig, lm_layers: int, lm_dim: int, base_model: str,
-                     dialect: str, stems, source: str = "") -> dict[str, str]:
-    return {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base_model": base_model,
+                     dialect: str, stems, source: str = "", lm_config: LMConfig | None = None) -> dict[str, str]:
+    meta = {"format": ADAPTER_FORMAT, "version": ADAPTER_VERSION, "base_model": base_model,
             "dialect": dialect, "stems": json.dumps(list(stems)), "fusion": json.dumps(fusion.to_dict()),
             "lm_layers": str(lm_layers), "lm_dim": str(lm_dim), "source": source}
+    if lm_config is not None:
+        meta["lm_config"] = json.dumps(lm_config.to_dict())
+    return meta
+
+
+def lm_config_of(meta: dict, path) -> LMConfig | None:
+    """The base LM's config a whole-model file declares (None for an adapter), bounded."""
+    from .checkpoints import check_lm_sizes
+    if "lm_config" not in meta:
+        return None
+    try:
+        cfg = LMConfig.from_dict(json.loads(meta["lm_config"]))
+    except (ValueError, TypeError, AttributeError, RecursionError, ConfigError) as e:
+        raise CheckpointError(f"{path}: unreadable lm_config in its metadata: {brief(e)}") from None
+    check_lm_sizes(cfg, str(path))
+    return cfg
 
 
 def adapter_vocabulary(meta: dict, path) -> tuple[str, tuple[str, ...]]:
@@ -143,13 +172,21 @@ class AdapterFile:
                 self.meta = f.metadata() or {}
                 self.fusion, self.lm_layers, self.lm_dim = adapter_sizes(self.meta, self.path)
                 self.dialect, self.stems = adapter_vocabulary(self.meta, self.path)
+                self.lm_config = lm_config_of(self.meta, self.path)
                 layout = {k: (tuple(f.get_slice(k).get_shape()), _torch_dtype(f.get_slice(k).get_dtype()))
                           for k in f.keys()}
         except CheckpointError:
             raise
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"adapter {self.path} is truncated or corrupt: {brief(e)}") from None
-        check_layout(layout, expected_adapter_shapes(self.lm_layers, self.lm_dim, self.fusion), self.source)
+        expected = expected_adapter_shapes(self.lm_layers, self.lm_dim, self.fusion)
+        if self.lm_config is not None:
+            if (self.lm_config.num_layers, self.lm_config.dim) != (self.lm_layers, self.lm_dim):
+                raise CheckpointError(f"{self.source}: its lm_config ({self.lm_config.num_layers} layers x "
+                                      f"{self.lm_config.dim}) contradicts lm_layers/lm_dim ({self.lm_layers} x "
+                                      f"{self.lm_dim})")
+            expected = {**expected_lm_shapes(self.lm_config, self.fusion), **expected}
+        check_layout(layout, expected, self.source)
         self.names = sorted(layout)
         self.nbytes = {k: _numel(layout[k][0]) * layout[k][1].itemsize for k in layout}
 

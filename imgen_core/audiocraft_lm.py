@@ -50,6 +50,21 @@ def read_audiocraft_lm(path, dtype: torch.dtype | None = None) -> tuple[LMConfig
     return lm_cfg, state
 
 
+def read_audiocraft_config(path) -> LMConfig:
+    """Only the config of an audiocraft `state_dict.bin` (its weights memory-mapped, never read)."""
+    pkg = safe_load(path, what="MusicGen LM checkpoint", mmap=True)
+    best = pkg.get("best_state")
+    if "xp.cfg" not in pkg or not isinstance(best, dict):
+        raise CheckpointError(f"{path} is not an audiocraft MusicGen LM export: expected keys "
+                              f"'best_state' and 'xp.cfg', found {brief(sorted(map(str, pkg))[:8], 200)}")
+    lm_cfg = _config(pkg["xp.cfg"], path)
+    proj = best.get(TEXT_PROJ_PREFIX + "weight")
+    if isinstance(proj, torch.Tensor) and proj.dim() == 2:  # the projection's input width is the text encoder's
+        lm_cfg = dataclasses.replace(lm_cfg, text_dim=int(proj.shape[1]))
+    check_lm_sizes(lm_cfg, str(path))
+    return lm_cfg
+
+
 def _config(cfg, path) -> LMConfig:
     if isinstance(cfg, str):
         try:

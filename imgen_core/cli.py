@@ -10,10 +10,11 @@ from pathlib import Path
 
 from . import instructions
 
-EPILOG = """Weights: the base MusicGen (facebook/musicgen-large, CC-BY-NC 4.0, non-commercial), the
-Instruct-MusicGen checkpoint (ldzhangyx/instruct-MusicGen, no licence stated), T5 (t5-base) and
-EnCodec (facebook/encodec_32khz) are downloaded from Hugging Face on first use, or read from local
-paths. Set HF_HUB_OFFLINE=1 (or --offline) to never touch the network."""
+EPILOG = """Weights: the Instruct-MusicGen checkpoint (ldzhangyx/instruct-MusicGen, 14.6 GB, no licence
+stated; it holds MusicGen-large, CC-BY-NC 4.0, non-commercial), MusicGen-large's config.json, T5
+(t5-base) and EnCodec (facebook/encodec_32khz) are downloaded on first use into IMGEN_WEIGHTS
+(`imgen models` lists them), or read from local paths. Set HF_HUB_OFFLINE=1 (or --offline) to never
+touch the network; `imgen download --to DIR` fetches everything for an offline machine."""
 
 # What to do about an error, in this command line's words, by the library setting it names.
 HINTS = {"overwrite": "pass --overwrite to replace it",
@@ -38,10 +39,28 @@ def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
     return update
 
 
+def _load_progress():
+    """Bars for what loading the model may take a while for: downloads, their check, the one-time
+    conversion of the official checkpoint."""
+    bars = {}
+
+    def update(stage: str, done: int, total: int):
+        if stage == "loading":
+            return
+        if stage not in bars:
+            bars[stage] = _progress_bar(f"{stage} model", unit="B")
+        bars[stage](done, total)
+        if done >= total:
+            del bars[stage]  # a next file or part starts a new bar
+    return update
+
+
 def _add_model_args(p: argparse.ArgumentParser):
     from . import defaults
     p.add_argument("--base", default=defaults.BASE,
-                   help=f"base MusicGen: state_dict.bin, its folder or a HF repo (default {defaults.BASE})")
+                   help="base MusicGen: state_dict.bin, config.json, their folder or a HF repo (default "
+                   f"{defaults.BASE}). With the official checkpoint, which holds the whole model, only the base's "
+                   "config is read (a few kB); its weights only for an adapter without the LM")
     p.add_argument("--adapter", default=defaults.ADAPTER,
                    help=f"adapter .safetensors, official .ckpt or HF repo (default {defaults.ADAPTER})")
     p.add_argument("--t5", default=defaults.T5, help=f"T5 folder or HF repo (default {defaults.T5})")
@@ -139,7 +158,7 @@ def cmd_edit(args) -> int:
             mode == "preserve" or ranged, rate, args.channels, rate_in))
     device = ranks.join(device)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
-                                    offline=True if args.offline else None)
+                                    offline=True if args.offline else None, progress=_load_progress())
     text = editor.instruction(args.op, args.stem, args.instruction)
     print(f"instruction: {text!r}; render: {mode}", file=sys.stderr)
 
@@ -313,11 +332,61 @@ def _edit_many(jobs, size: int, edit_group, overwrite: bool) -> int:
 
 
 def cmd_convert(args) -> int:
+    from . import defaults
+    from .base_config import base_lm_config
+    from .loader import base_config_spec
     from .official_checkpoint import convert_official
-    meta = convert_official(args.checkpoint, args.output, base_model=args.base_model, dialect=args.dialect,
-                            stems=args.stems.split(",") if args.stems else None, overwrite=args.overwrite)
-    print(f"wrote {args.output}: adapter for {meta['base_model']} ({meta['lm_layers']} layers), "
-          f"dialect {meta['dialect']}, stems {meta['stems']}", file=sys.stderr)
+    base = args.base or defaults.BASE
+    offline = True if args.offline else None
+    meta = convert_official(args.checkpoint, args.output, base_model=base, dialect=args.dialect,
+                            stems=args.stems.split(",") if args.stems else None, overwrite=args.overwrite,
+                            progress=_progress_bar("converting", unit="B"),
+                            base_config=None if args.adapter_only else
+                            lambda: base_lm_config(base_config_spec(base, offline), offline))
+    kind = "the whole model (runs without a base)" if "lm_config" in meta else f"an adapter for {base}"
+    print(f"wrote {args.output}: {kind}, {meta['lm_layers']} layers, dialect {meta['dialect']}, "
+          f"stems {meta['stems']}", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import parts
+    weights = Path(args.dir).expanduser() if args.dir else parts.weights_dir()
+    print(f"weights folder: {weights}" + ("" if args.dir else " (IMGEN_WEIGHTS)"))
+    for part in parts.PARTS:
+        found = parts.locate(part, weights)
+        state = f"here: {found}" if found is not None else f"missing (goes to {part.target(weights)})"
+        print(f"{part.key:12} {parts.human_size(part.size):>9}  {part.what}\n"
+              f"{'':12} from {part.source()}; licence: {part.licence}\n"
+              f"{'':12} needed: {part.when}\n{'':12} {state}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from . import parts
+    weights = Path(args.to).expanduser() if args.to else parts.weights_dir()
+    unknown = [k for k in args.parts if k not in parts.BY_KEY]
+    if unknown:
+        raise ValueError(f"unknown part(s) {', '.join(unknown)}; choose among {', '.join(parts.BY_KEY)}")
+    chosen = [parts.BY_KEY[k] for k in args.parts] if args.parts else list(parts.NEEDED)
+    for part in chosen:
+        if part.present(weights):
+            print(f"{part.key}: already here ({part.target(weights)})", file=sys.stderr)
+            continue
+        bars = {}
+
+        def report(stage, done, total, bars=bars):
+            if stage not in bars:
+                bars[stage] = _progress_bar(f"{stage} {bars.get('file', part.key)}", unit="B")
+            bars[stage](done, total)
+
+        def on_file(name, bars=bars):
+            bars.clear()
+            bars["file"] = name
+        target = parts.fetch_part(part, weights, report, on_file)
+        print(f"{part.key}: {target}", file=sys.stderr)
+    if args.to:
+        print(f"done. On the machine that uses them: IMGEN_WEIGHTS={weights} imgen edit ...", file=sys.stderr)
     return 0
 
 
@@ -437,7 +506,7 @@ def cmd_eval(args) -> int:
     if "notes" in models:
         check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
-                                    offline=True if args.offline else None)
+                                    offline=True if args.offline else None, progress=_load_progress())
     if batch == "auto":  # a clip's audio: its input, target and edit at 44.1 kHz, and their metrics
         batch = _auto_batch_size(editor, settings.sampling, int(settings.seconds * 44100 * 4 * 16))
     settings = dataclasses.replace(settings, batch=batch)
@@ -499,13 +568,20 @@ def parser() -> argparse.ArgumentParser:
                          "file's result is the same whatever the number of processes a run is spread over")
     e.set_defaults(func=cmd_edit)
 
-    c = sub.add_parser("convert", help="convert the official finetuned.ckpt to a compact adapter",
+    c = sub.add_parser("convert", help="convert the official finetuned.ckpt to one compact model file",
                        description="Read the official Lightning checkpoint without executing anything "
-                                   "from it and write only what inference needs as safetensors.")
+                                   "from it and write only what inference needs as safetensors: the whole model "
+                                   "(the LM in fp16 as released, the adapter as trained), which runs with no "
+                                   "base file. Editing converts the checkpoint by itself on first use; this is "
+                                   "for keeping the compact file and dropping the 14.6 GB checkpoint.")
     c.add_argument("checkpoint", help="official finetuned.ckpt")
-    c.add_argument("-o", "--output", required=True, help="output adapter .safetensors")
-    c.add_argument("--base-model", default=defaults.BASE,
-                   help=f"base model the adapter belongs to (default {defaults.BASE})")
+    c.add_argument("-o", "--output", required=True, help="output .safetensors")
+    c.add_argument("--base", help=f"base MusicGen whose config (heads, sizes) the checkpoint's LM has: config.json, "
+                   f"state_dict.bin, a folder or a HF repo (default {defaults.BASE}; only its config is read)")
+    c.add_argument("--adapter-only", action="store_true",
+                   help="write only the fusion and LoRA weights (3.5 GB for the released model), which then need the "
+                   "base's weights at every use; default: the whole model in one file (8.8 GB), nothing else needed")
+    c.add_argument("--offline", action="store_true", help="never use the network")
     c.add_argument("--dialect", default="slakh", choices=sorted(instructions.DIALECTS), help="instruction templates it was trained with")
     c.add_argument("--stems", help="comma-separated stem vocabulary (default: the dialect's)")
     c.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
@@ -572,6 +648,23 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--font", help="a General MIDI SoundFont (.sf2) to render with (default: FluidR3 GM if "
                    "installed, else pretty_midi's TimGM6mb)")
     m.set_defaults(func=cmd_make_dataset)
+
+    from . import parts
+    ms = sub.add_parser("models", help="list the released model's parts: present or missing, sizes, licences",
+                        description="Each part of the released model: what it is, where it comes from, its size and "
+                                    "licence, when it is needed, and whether it is in the weights folder (or the "
+                                    "Hugging Face cache).")
+    ms.add_argument("--dir", help="weights folder to look in (default: IMGEN_WEIGHTS)")
+    ms.set_defaults(func=cmd_models)
+    dl = sub.add_parser("download", help="download the released model's parts (resumable, verified)",
+                        description="Download what is missing of the released model into the weights folder, or "
+                                    "into --to DIR to carry to a machine without internet (then set IMGEN_WEIGHTS=DIR "
+                                    "there). An interrupted download continues where it stopped when run again; "
+                                    "each file is checked against the hub's hash before it takes its name.")
+    dl.add_argument("parts", nargs="*", help=f"parts to fetch among {', '.join(parts.BY_KEY)} (default: "
+                         f"{', '.join(p.key for p in parts.NEEDED)}, what editing needs)")
+    dl.add_argument("--to", help="folder to download into (default: IMGEN_WEIGHTS)")
+    dl.set_defaults(func=cmd_download)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")

@@ -80,6 +80,45 @@ class LMConfig:
                    n_q=int(lm["n_q"]), card=int(lm["card"]), hidden_scale=int(lm.get("hidden_scale", 4)),
                    text_dim=T5_WIDTHS.get(t5_name, 768), delays=delays)
 
+    @classmethod
+    def from_transformers(cls, cfg: dict) -> "LMConfig":
+        """Build from a transformers MusicGen `config.json` (what `facebook/musicgen-*` repos hold
+        beside audiocraft's `state_dict.bin`): transformers implements only the settings this
+        library supports (pre-norm, gelu, sinusoidal positions, the delay pattern), so the sizes
+        are all it needs to say."""
+        decoder = cfg.get("decoder")
+        if cfg.get("model_type") != "musicgen" or not isinstance(decoder, dict):
+            raise ConfigError(f"not a MusicGen config (model_type={_shown(cfg.get('model_type'))}; expected "
+                              f"'musicgen' with a 'decoder' section)")
+        channels = (cfg.get("audio_encoder") or {}).get("audio_channels", 1)
+        if channels != 1 or decoder.get("audio_channels", 1) != 1:
+            raise ConfigError("stereo MusicGen is not supported (the adapter was trained on mono MusicGen)")
+        if decoder.get("activation_function", "gelu") != "gelu":
+            raise ConfigError(f"unsupported activation {_shown(decoder.get('activation_function'))} (supported: gelu)")
+        dim, ffn = decoder.get("hidden_size"), decoder.get("ffn_dim")
+        if not (_whole(dim) and _whole(ffn) and dim > 0 and ffn % dim == 0):
+            raise ConfigError(f"hidden_size {_shown(dim)} and ffn_dim {_shown(ffn)} must be whole numbers, "
+                              f"ffn_dim a multiple of hidden_size")
+        n_q = decoder.get("num_codebooks")
+        text_dim = (cfg.get("text_encoder") or {}).get("d_model", 768)
+        return cls(dim=dim, num_heads=decoder.get("num_attention_heads"), num_layers=decoder.get("num_hidden_layers"),
+                   n_q=n_q, card=decoder.get("vocab_size"), hidden_scale=ffn // dim, text_dim=text_dim,
+                   delays=tuple(range(n_q)) if _whole(n_q) and 0 < n_q <= 64 else ())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["delays"] = list(self.delays)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        if not isinstance(d, dict) or not set(d) <= {f.name for f in fields(cls)}:
+            raise ConfigError(f"an LM config must be a mapping of {', '.join(f.name for f in fields(cls))}")
+        d = dict(d)
+        if isinstance(d.get("delays"), list) and len(d["delays"]) <= 64:
+            d["delays"] = tuple(d["delays"])
+        return cls(**d)
+
 
 @dataclass(frozen=True)
 class FusionConfig:

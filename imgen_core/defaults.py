@@ -3,6 +3,9 @@
 command line, the trainer, the ComfyUI loader) takes them from here."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from .quant import int8_activation_dtype
@@ -21,6 +24,13 @@ FLOAT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 # What a user may ask for: a float dtype, or int8 weights with activations in the dtype
 # quant.int8_activation_dtype picks (fp16 on CUDA, fp32 for fbgemm on the CPU).
 DTYPE_CHOICES = ("auto", *FLOAT_DTYPES, "int8")
+
+
+def cache_dir() -> Path:
+    """Where the library keeps what it makes once (converted checkpoints) and downloads."""
+    root = os.environ.get("IMGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
+                                                          "instruct_musicgen")
+    return Path(root).expanduser()
 
 
 def pick_device(device: str | torch.device = "auto") -> torch.device:

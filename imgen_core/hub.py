@@ -1,10 +1,23 @@
 """Finding weight files: a local file, a local folder, or a Hugging Face repo (downloaded once,
 with a progress bar, into the Hugging Face cache; `offline=True` or HF_HUB_OFFLINE=1 never
-touches the network)."""
+touches the network); and `fetch`, which downloads one file of a repo into a folder of the
+user's choosing, resumably and verified."""
 from __future__ import annotations
 
+import hashlib
+import inspect
 import os
+import re
+import shutil
 from pathlib import Path
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+# fetch's progress: (stage, bytes done, bytes in all); stage "downloading", then "verifying".
+FetchProgress = Callable[[str, int, int], None]
+PARTIAL_SUFFIX = ".partial"
+_HASH_CHUNK = 8 * 1024 * 1024
 
 
 def offline_default() -> bool:
@@ -58,3 +71,128 @@ def load_pretrained(cls, spec: str, what: str, offline: bool | None = None, **kw
         where = "the Hugging Face hub (skipped: offline mode)" if offline else f"the Hugging Face hub repo {spec}"
         raise FileNotFoundError(f"{what}: could not load '{spec}'. Looked in: local folder '{spec}'; the "
                                 f"Hugging Face cache {HF_HUB_CACHE}; {where}. ({str(e).splitlines()[0]})") from None
+
+
+class DownloadError(OSError):
+    """A download that did not give the file the hub describes; nothing is left under its name."""
+
+
+class NotOnHub(DownloadError):
+    """The repo has no such file."""
+
+
+def fetch(repo: str, filename: str, dest, progress: FetchProgress | None = None) -> Path:
+    """`filename` of the Hugging Face repo `repo` downloaded to the file `dest` through
+    huggingface_hub. What has arrived is kept in `dest` + ".partial", so an interrupted download
+    (a dropped connection, a killed process) continues where it stopped on the next call. The
+    file is checked against the size and the hash the hub gives (sha256 for large files, the git
+    blob hash for small ones) and only then takes its name: a truncated or corrupted download is
+    removed and refused. One process at a time per file (a lock beside it)."""
+    from filelock import FileLock
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        if dest.is_file():  # another process finished it while this one waited
+            return dest
+        return _fetch_locked(repo, filename, dest, progress or (lambda stage, done, total: None))
+
+
+def _fetch_locked(repo: str, filename: str, dest: Path, progress: FetchProgress) -> Path:
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+    from huggingface_hub.errors import EntryNotFoundError
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo, filename))
+    except EntryNotFoundError:
+        raise NotOnHub(f"the Hugging Face repo {repo} has no file {filename}") from None
+    except Exception as e:  # noqa: BLE001 - any hub failure gets one explanation
+        raise DownloadError(f"cannot reach {filename} of the Hugging Face repo {repo}: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+    partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
+    have = partial.stat().st_size if partial.is_file() else 0
+    if meta.size is not None and have > meta.size:
+        partial.unlink()
+        have = 0
+    needed = (meta.size or 0) - have
+    free = shutil.disk_usage(dest.parent).free
+    if needed > free:
+        raise DownloadError(f"{filename} needs {needed / 1e9:.2f} GB more in {dest.parent}, which has "
+                            f"{free / 1e9:.2f} GB free")
+    total = meta.size or 0
+    with open(partial, "ab") as f:
+        if meta.size is None or have < meta.size:
+            quiet = {"tqdm_class": _Silent} if "tqdm_class" in inspect.signature(http_get).parameters else {}
+            try:
+                http_get(meta.location, _Counting(f, have, total, progress), resume_size=have,
+                         headers=build_hf_headers(), expected_size=meta.size, displayed_filename=filename, **quiet)
+            except Exception as e:  # noqa: BLE001 - the network, the server or the disk: one explanation
+                f.flush()
+                kept = partial.stat().st_size
+                raise DownloadError(f"the download of {filename} from {repo} stopped: {type(e).__name__}: "
+                                    f"{' '.join(str(e).split())[:200]}. The {kept} bytes that arrived are kept in "
+                                    f"{partial}; run again to continue from there") from None
+    try:
+        _verify(partial, meta.size, meta.etag, filename, progress)
+    except DownloadError:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, dest)
+    return dest
+
+
+def _verify(path: Path, size: int | None, etag: str | None, filename: str, progress: FetchProgress):
+    got = path.stat().st_size
+    if size is not None and got != size:
+        raise DownloadError(f"{filename}: the download has {got} bytes, the hub says {size}; removed (run again "
+                            f"to download it anew)")
+    etag = (etag or "").strip('"').lower()
+    if re.fullmatch(r"[0-9a-f]{64}", etag):
+        digest = hashlib.sha256()
+    elif re.fullmatch(r"[0-9a-f]{40}", etag):
+        digest = hashlib.sha1(f"blob {got}\0".encode())  # git's hash of a small file
+    else:
+        return  # the hub gave no hash to check against; the size matched
+    done = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            progress("verifying", done, got)
+    if digest.hexdigest() != etag:
+        raise DownloadError(f"{filename}: the download is corrupt (its hash is {digest.hexdigest()[:16]}..., the "
+                            f"hub's {etag[:16]}...); removed (run again to download it anew)")
+
+
+class _Counting:
+    """The partial file, as http_get writes to it, reporting the bytes it holds."""
+
+    def __init__(self, f, have: int, total: int, progress: FetchProgress):
+        self.f, self.done, self.total, self.progress = f, have, total, progress
+        progress("downloading", have, total)
+
+    def write(self, chunk) -> int:
+        n = self.f.write(chunk)
+        self.done += len(chunk)
+        self.progress("downloading", self.done, max(self.total, self.done))
+        return n
+
+    def seek(self, *args):
+        return self.f.seek(*args)
+
+    def tell(self):
+        return self.f.tell()
+
+    def truncate(self, *args):
+        self.done = 0 if not args else args[0]
+        return self.f.truncate(*args)
+
+
+class _Silent(tqdm):
+    """huggingface_hub's own bar stays quiet: the caller shows progress its own way."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)

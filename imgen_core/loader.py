@@ -10,7 +10,6 @@ fp32 model plus a converted copy.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,11 @@ from .audiocraft_lm import read_audiocraft_lm
 from .checkpoints import CheckpointError, brief, check_tensors
 from .codec import Codec
 from .config import FusionConfig, LMConfig
-from .defaults import pick_device, pick_dtype
+from .defaults import cache_dir, pick_device, pick_dtype
 from .fusion import merged_lora_weight
-from .hub import is_repo_id, resolve_file
+from . import defaults, parts
+from .base_config import base_lm_config
+from .hub import is_repo_id, offline_default, resolve_file
 from .instructions import default_stems
 from .model import InstructMusicGen
 from .official_checkpoint import convert_official, is_official_checkpoint, official_fusion_config
@@ -62,31 +63,48 @@ class Parts:
     stems: tuple[str, ...]
 
 
-def cache_dir() -> Path:
-    root = os.environ.get("IMGEN_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"),
-                                                          "instruct_musicgen")
-    return Path(root).expanduser()
-
-
-def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] | None = None) -> Path:
-    """The official checkpoint converted once to our safetensors adapter, cached by identity
-    (path, size, mtime) in the first writable of `folders` (default: the user cache). The
-    checkpoint itself is never modified. `progress(bytes, total)` while converting."""
+def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] | None = None,
+                      base: str | None = None, offline: bool | None = None) -> Path:
+    """The official checkpoint converted once to our safetensors model file, cached by identity
+    (path, size, mtime) in the first writable of `folders` (default: the user cache). The file
+    holds the whole model, the LM's hyper-parameters taken from `base` when it is converted
+    (default: the MusicGen the official code builds; only its config is read). The checkpoint
+    itself is never modified. `progress(bytes, total)` while converting."""
     ckpt = Path(ckpt)
     st = ckpt.stat()
+    base = str(base or defaults.BASE)
     tag = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     candidates = list(folders or [cache_dir() / "adapters"])
     for folder in candidates:
-        out = Path(folder) / f"{ckpt.stem}.{tag}.adapter.safetensors"
+        out = Path(folder) / f"{ckpt.stem}.{tag}.model.safetensors"
         if out.exists():
             return out
+    for folder in candidates:
+        out = Path(folder) / f"{ckpt.stem}.{tag}.model.safetensors"
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            convert_official(ckpt, out, progress=progress)
+            convert_official(ckpt, out, progress=progress,
+                             base_config=lambda: base_lm_config(base_config_spec(base, offline), offline))
             return out
-        except OSError:  # read-only or not a folder: try the next one
+        except OSError as e:  # read-only or not a folder: try the next one
+            if e.filename is None or not Path(e.filename).is_relative_to(folder):
+                raise  # not about this folder (a base config that cannot be had)
             continue
-    raise PermissionError(f"cannot write the converted adapter in any of {', '.join(map(str, candidates))}")
+    raise PermissionError(f"cannot write the converted model in any of {', '.join(map(str, candidates))}")
+
+
+def base_config_spec(base, offline: bool | None = None) -> str:
+    """Where the base's config is read: the released base's config.json in the weights folder
+    (downloaded there when missing) when `base` names it, else `base` itself."""
+    if not parts.is_official(base, parts.BASE_CONFIG):
+        return str(base)
+    weights = parts.weights_dir()
+    found = parts.locate(parts.BASE_CONFIG, weights)
+    if found is None:
+        if offline_default() if offline is None else offline:
+            raise FileNotFoundError(parts.missing_message([parts.BASE_CONFIG], lambda p: p.target(weights), True))
+        found = parts.fetch_part(parts.BASE_CONFIG, weights)
+    return str(found)
 
 
 def adapter_file_of(spec, offline: bool | None = None) -> Path:
@@ -100,16 +118,21 @@ def adapter_file_of(spec, offline: bool | None = None) -> Path:
         return found[0]
     if path.is_file():
         return path
+    if parts.is_official(spec, parts.CHECKPOINT):
+        found = parts.locate(parts.CHECKPOINT, parts.weights_dir())
+        if found is not None:
+            return found
     return resolve_file(spec, "finetuned.ckpt", "Instruct-MusicGen checkpoint", offline)
 
 
 def resolve_adapter(spec, offline: bool | None = None, convert_into: Iterable | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> Path:
-    """Our safetensors adapter as is; the official checkpoint (a file, a folder holding it, or a
-    hub repo) converted once and cached in the first writable of `convert_into`."""
+                    progress: Callable[[int, int], None] | None = None, base: str | None = None) -> Path:
+    """Our safetensors file as is; the official checkpoint (a file, a folder holding it, or a
+    hub repo) converted once, with `base`'s config, and cached in the first writable of
+    `convert_into`."""
     path = adapter_file_of(spec, offline)
     if is_official_checkpoint(path):
-        path = converted_adapter(path, convert_into, progress)
+        path = converted_adapter(path, convert_into, progress, base, offline)
     return path
 
 
@@ -145,8 +168,9 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
                int8: bool = False) -> tuple[InstructMusicGen, dict]:
     """Weight files -> (model in eval mode without gradients, the adapter's metadata).
 
-    `base`: an audiocraft `state_dict.bin`. `adapter`: our adapter file (see `resolve_adapter`
-    for the official checkpoint), or None for plain MusicGen, or None with `new_adapter` for
+    `base`: an audiocraft `state_dict.bin`; not read (may be None) when the adapter file holds the
+    whole model, as the official checkpoint converted by `resolve_adapter` does. `adapter`: our
+    model or adapter file, or None for plain MusicGen, or None with `new_adapter` for
     fresh fusion and LoRA weights to train. `merge_lora` folds
     LoRA into the projections, in fp32, before the weights take their dtype (inference).
     `int8` (or dtype "int8"): the linear layers' weights quantised as they load (quant.py; LoRA
@@ -154,9 +178,16 @@ def load_model(base, adapter=None, *, dtype: str | torch.dtype = torch.float32, 
     device = pick_device(device)
     int8 = int8 or dtype == "int8"
     dtype = pick_dtype(dtype, device)
-    lm_cfg, base_state = read_audiocraft_lm(base, dtype)
-    source = f"base checkpoint {base}"
     opened = AdapterFile(adapter) if adapter is not None else None
+    if opened is not None and opened.lm_config is not None:
+        lm_cfg, base_state, source = opened.lm_config, {}, f"model file {adapter}"  # it is the whole model
+    elif base is None:
+        raise CheckpointError(f"{'adapter ' + str(adapter) if adapter is not None else 'plain MusicGen'} needs "
+                              f"the base MusicGen LM's weights (audiocraft state_dict.bin"
+                              f"{', ' + opened.meta['base_model'] if opened is not None and opened.meta.get('base_model') else ''})")
+    else:
+        lm_cfg, base_state = read_audiocraft_lm(base, dtype)
+        source = f"base checkpoint {base}"
     fusion_cfg = opened.fusion if opened is not None else new_adapter.fusion_config(lm_cfg) if new_adapter else None
     if opened is not None and (opened.lm_layers, opened.lm_dim) != (lm_cfg.num_layers, lm_cfg.dim):
         raise CheckpointError(
@@ -282,23 +313,33 @@ def load_parts(base, adapter, t5: str, encodec: str, *,
                merge_lora: bool = True, new_adapter: NewAdapter | None = None,
                convert_into: Iterable | None = None, progress: Progress | None = None) -> Parts:
     """(base, adapter, t5, encodec) -> the parts of an Editor, on `device`. Each is a local path
-    or a Hugging Face id (downloaded once). `dtype`: a `defaults.DTYPE_CHOICES` name or a torch
-    dtype (with `int8`, that of the activations). `progress(stage, done, total)`: "converting"
-    (bytes of the adapter written, first use of an official checkpoint only), then "loading"
-    (parts of 3: LM, T5, EnCodec)."""
+    or a Hugging Face id. The released parts (`parts.py`) missing here are downloaded first, all
+    of them, into the weights folder (offline: one error naming every one). `base` (None: the
+    released MusicGen-large) gives only its config when the adapter holds the whole model, as
+    the official checkpoint does. `dtype`: a `defaults.DTYPE_CHOICES` name or a torch dtype
+    (with `int8`, that of the activations). `progress(stage, done, total)`: "downloading" and
+    "verifying" (bytes, a missing part only), "converting" (bytes of the model file written,
+    first use of an official checkpoint only), then "loading" (parts of 3: LM, T5, EnCodec)."""
     report = progress or (lambda stage, done, total: None)
     device = pick_device(device)
-    base_file = resolve_file(base, "state_dict.bin", "base MusicGen LM", offline)
+    offline = offline_default() if offline is None else offline
+    if adapter is not None and not parts.is_official(adapter, parts.CHECKPOINT):
+        adapter = adapter_file_of(adapter, offline)  # one's own file is checked before any download starts
+    found = fetch_missing(base, adapter, t5, encodec, offline, report)
+    base, adapter, t5, encodec = (found.get(k, v) for k, v in
+                                  (("base", base), ("adapter", adapter), ("t5", t5), ("encodec", encodec)))
     adapter_file = None
     if adapter is not None:
-        adapter_file = resolve_adapter(adapter, offline, convert_into, lambda d, t: report("converting", d, t))
+        adapter_file = resolve_adapter(adapter, offline, convert_into, lambda d, t: report("converting", d, t), base)
+    whole = adapter_file is not None and AdapterFile(adapter_file).lm_config is not None
+    base_file = None if whole else resolve_file(base or defaults.BASE, "state_dict.bin", "base MusicGen LM", offline)
     report("loading", 0, 3)
     model, meta = load_model(base_file, adapter_file, dtype=dtype, device=device, merge_lora=merge_lora,
                              new_adapter=new_adapter, int8=int8)
     report("loading", 1, 3)
-    text_encoder = TextEncoder.from_pretrained(t5, offline).to(device)
+    text_encoder = TextEncoder.from_pretrained(str(t5), offline).to(device)
     report("loading", 2, 3)
-    codec = Codec.from_pretrained(encodec, offline)
+    codec = Codec.from_pretrained(str(encodec), offline)
     codec.model.to(device)
     report("loading", 3, 3)
     if new_adapter is not None and adapter is None:
@@ -308,3 +349,47 @@ def load_parts(base, adapter, t5: str, encodec: str, *,
     else:
         dialect, stems = adapter_vocabulary(meta, adapter_file)
     return Parts(model, text_encoder, codec, dialect, tuple(stems))
+
+
+def needed_parts(base, adapter, t5, encodec) -> dict[str, parts.Part]:
+    """Which released parts the specs name, by role: the checkpoint, the base's config (to
+    convert a checkpoint not converted yet) or its weights (for a file without the LM), T5 and
+    EnCodec. A spec naming a file or folder of one's own needs no part."""
+    need = {}
+    if parts.is_official(adapter, parts.CHECKPOINT):
+        need["adapter"] = parts.CHECKPOINT
+    holds_lm = True
+    if adapter is not None and "adapter" not in need and Path(adapter).expanduser().is_file() \
+            and not is_official_checkpoint(adapter):
+        holds_lm = AdapterFile(adapter).lm_config is not None
+    if adapter is None or not holds_lm:
+        if base is None or parts.is_official(base, parts.BASE):
+            need["base"] = parts.BASE
+    elif base is None or parts.is_official(base, parts.BASE_CONFIG):
+        need["base"] = parts.BASE_CONFIG
+    if parts.is_official(t5, parts.T5):
+        need["t5"] = parts.T5
+    if parts.is_official(encodec, parts.ENCODEC):
+        need["encodec"] = parts.ENCODEC
+    return need
+
+
+def fetch_missing(base, adapter, t5, encodec, offline: bool, report: Progress,
+                  weights: Path | None = None) -> dict[str, str]:
+    """The local places of the released parts the specs name (role -> path), downloading the
+    missing ones into the weights folder; offline, one error that names every missing part."""
+    weights = Path(weights or parts.weights_dir())
+    here, missing = {}, []
+    for role, part in needed_parts(base, adapter, t5, encodec).items():
+        found = parts.locate(part, weights)
+        if found is not None:
+            here[role] = str(found)
+        elif part is parts.BASE_CONFIG and adapter is not None and not parts.is_official(adapter, parts.CHECKPOINT):
+            continue  # only needed if the checkpoint is not converted yet: converted_adapter decides
+        else:
+            missing.append((role, part))
+    if missing and offline:
+        raise FileNotFoundError(parts.missing_message([p for _, p in missing], lambda p: p.target(weights), True))
+    for role, part in missing:
+        here[role] = str(parts.fetch_part(part, weights, report))
+    return here

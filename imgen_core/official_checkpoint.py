@@ -1,7 +1,9 @@
 """The official Instruct-MusicGen checkpoint (`finetuned.ckpt`): a PyTorch Lightning checkpoint
 of the whole training module. Its pickle names a few classes besides tensors (the Instructor,
 `functools.partial`, AdamW, a scheduler); each is bound to an inert stand-in that only records
-what it is given. Only the adapter's tensors are taken from it."""
+what it is given. What inference needs is taken from it: the adapter's tensors and, where the
+LM's hyper-parameters are known (`base_config.py`), the whole LM it holds, so that one compact
+file is the model (the official inference, too, runs with the checkpoint's LM weights)."""
 from __future__ import annotations
 
 import re
@@ -10,9 +12,9 @@ from typing import Callable
 
 import torch
 
-from .adapter_file import adapter_metadata, expected_adapter_shapes, write_safetensors
+from .adapter_file import adapter_metadata, expected_adapter_shapes, expected_lm_shapes, write_safetensors
 from .checkpoints import CheckpointError, brief, check_sizes, check_tensors, refuse_hollow
-from .config import FusionConfig
+from .config import FusionConfig, LMConfig
 from .errors import about
 from .safe_pickle import safe_load
 
@@ -27,6 +29,8 @@ OFFICIAL_GLOBALS = (
 
 _OFFICIAL_LM = "model.peft_model.lm.transformer.base_model.model."
 _OFFICIAL_CP = "model.cp_transformer."
+_OFFICIAL_OUTER = "model.peft_model.lm."
+_OFFICIAL_TEXT_PROJ = "model.peft_model.lm.condition_provider.conditioners.description.output_proj."
 _CROSS = re.compile(r"layers\.(\d+)\.cross_attention\.((?:q|k|v)_proj\..*)")
 
 
@@ -51,6 +55,42 @@ def official_adapter_tensors(state: dict) -> dict[str, torch.Tensor]:
             if m:
                 out[f"lm.transformer.layers.{m.group(1)}.cross_attention.{m.group(2)}"] = value
     return out
+
+
+def official_lm_tensors(state: dict, wanted: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """The LM weights the official checkpoint holds, under our names, limited to `wanted` (the
+    fp32 self-attention q/k/v copies the official model never uses, and the cross-attention
+    `in_proj_weight` that the adapter's q/k/v replace, are left behind)."""
+    out = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            continue
+        if key.startswith(_OFFICIAL_TEXT_PROJ):
+            name = "text_proj." + key[len(_OFFICIAL_TEXT_PROJ):]
+        elif key.startswith(_OFFICIAL_LM):
+            name = "lm.transformer." + key[len(_OFFICIAL_LM):]
+        elif key.startswith(_OFFICIAL_OUTER) and not key.startswith(_OFFICIAL_OUTER + "transformer."):
+            name = "lm." + key[len(_OFFICIAL_OUTER):]
+        else:
+            continue
+        if name in wanted:
+            out[name] = value
+    return out
+
+
+def holds_lm(state: dict) -> bool:
+    """Whether an official state dict carries the LM (the released checkpoint does; a file made
+    of the adapter alone does not)."""
+    return _OFFICIAL_OUTER + "emb.0.weight" in state
+
+
+def narrowest(t: torch.Tensor) -> torch.Tensor:
+    """`t` in fp16 when fp16 holds every value exactly (the released LM's weights, widened to fp32
+    in training), else as it is: the file is as small as it can be and the model the same."""
+    if t.dtype != torch.float32:
+        return t
+    half = t.to(torch.float16)
+    return half if torch.equal(half.to(torch.float32), t) else t
 
 
 def fusion_config_of(tensors: dict[str, torch.Tensor], source: str, lora_alpha: int = 64) -> tuple[FusionConfig, int, int]:
@@ -102,7 +142,7 @@ def read_official_checkpoint(path) -> tuple[FusionConfig, dict[str, torch.Tensor
                               f"weights hold {fusion.num_layers} gates")
     check_tensors(tensors, expected_adapter_shapes(lm_layers, dim, fusion), str(path))
     info = {"lm_layers": lm_layers, "lm_dim": dim, "hyper_parameters": hp,
-            "global_step": ckpt.get("global_step")}
+            "global_step": ckpt.get("global_step"), "state": state}
     return fusion, tensors, info
 
 
@@ -118,9 +158,14 @@ def _instructor_kwargs(ckpt: dict) -> dict:
 
 def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dialect: str = "slakh",
                      stems=None, overwrite: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> dict[str, str]:
-    """Official `finetuned.ckpt` -> compact safetensors adapter. Returns the metadata written.
-    `progress(bytes written, total)` as the adapter is written."""
+                     progress: Callable[[int, int], None] | None = None,
+                     base_config: Callable[[], LMConfig] | None = None) -> dict[str, str]:
+    """Official `finetuned.ckpt` -> one compact safetensors file. Returns the metadata written.
+    With `base_config` (giving the base's hyper-parameters; called only when the checkpoint
+    holds the LM, as the released one does) the file holds the whole model: the LM's weights
+    from the checkpoint (in fp16 where that is exact, as released) beside the adapter's (as
+    trained, fp32), and runs with no base file; otherwise only the adapter, which runs on a
+    base. `progress(bytes written, total)` as the file is written."""
     from .instructions import default_stems
     dst = Path(dst)
     if Path(src).resolve() == dst.resolve():
@@ -133,7 +178,18 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
         raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
     stems = list(stems) if stems else default_stems(dialect)
     fusion, tensors, info = read_official_checkpoint(src)
+    lm_config = base_config() if base_config is not None and holds_lm(info["state"]) else None
+    if lm_config is not None:
+        if (lm_config.num_layers, lm_config.dim) != (info["lm_layers"], info["lm_dim"]):
+            raise CheckpointError(f"{src} holds an LM of {info['lm_layers']} layers x {info['lm_dim']} dims, but the "
+                                  f"base config says {lm_config.num_layers} x {lm_config.dim}; name the base it was "
+                                  f"trained on")
+        wanted = {k: s for k, s in expected_lm_shapes(lm_config, fusion).items() if k not in tensors}
+        lm = official_lm_tensors(info.pop("state"), wanted)
+        refuse_hollow(lm, str(src))
+        check_tensors(lm, wanted, str(src))
+        tensors.update((k, narrowest(v)) for k, v in lm.items())
     meta = adapter_metadata(fusion, info["lm_layers"], info["lm_dim"], base_model, dialect, stems,
-                            source=Path(src).name)
+                            source=Path(src).name, lm_config=lm_config)
     write_safetensors(tensors, dst, meta, progress)
     return meta

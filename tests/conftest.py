@@ -15,14 +15,16 @@ def fixture(request):
 
 @pytest.fixture(scope="session")
 def load_fixture(tmp_path_factory):
-    """`load(path, base=None, **load_model options)` -> (model, metadata) from a fixture folder:
-    its base and its official checkpoint, converted once as the product does."""
+    """`load(path, **load_model options)` -> (model, metadata) from a fixture folder: its official
+    checkpoint, converted once as the product does into the whole model (its base read for the
+    config only)."""
     folder = tmp_path_factory.mktemp("converted")
 
-    def load(path, base=None, **kwargs):
+    def load(path, **kwargs):
         from imgen_core.loader import load_model, resolve_adapter
-        adapter = resolve_adapter(path / "instruct_checkpoint.ckpt", convert_into=[folder])
-        return load_model(base or path / "base_state_dict.bin", adapter, **kwargs)
+        model_file = resolve_adapter(path / "instruct_checkpoint.ckpt", convert_into=[folder],
+                                     base=str(path / "base_state_dict.bin"))
+        return load_model(None, model_file, **kwargs)
     return load
 
 

@@ -97,14 +97,28 @@ def test_missing_and_misshaped_keys_are_named(tmp_path, fixture):
         read_official_checkpoint(bad)
 
 
-def test_base_with_missing_key_is_named(tmp_path, fixture, load_fixture):
+def test_base_with_missing_key_is_named(tmp_path, fixture):
     path, _ = fixture
     pkg = torch.load(path / "base_state_dict.bin", weights_only=True)
     del pkg["best_state"]["transformer.layers.0.linear1.weight"]
     bad = tmp_path / "state_dict.bin"
     torch.save(pkg, bad)
+    adapter = tmp_path / "adapter.safetensors"
+    convert_official(path / "instruct_checkpoint.ckpt", adapter)  # the adapter alone runs on a base
     with pytest.raises(CheckpointError, match=r"missing keys: lm\.transformer\.layers\.0\.linear1\.weight"):
-        load_fixture(path, base=bad)
+        load_model(bad, adapter)
+
+
+def test_a_checkpoint_missing_an_lm_weight_is_named_when_converted(tmp_path, fixture):
+    path, _ = fixture
+    from imgen_core.loader import resolve_adapter
+    state = dict(safe_load(path / "instruct_checkpoint.ckpt", OFFICIAL_GLOBALS)["state_dict"])
+    del state["model.peft_model.lm.transformer.base_model.model.layers.0.linear1.weight"]
+    bad = tmp_path / "finetuned.ckpt"
+    torch.save({"state_dict": state}, bad)
+    with pytest.raises(CheckpointError, match=r"missing keys: lm\.transformer\.layers\.0\.linear1\.weight"):
+        resolve_adapter(bad, convert_into=[tmp_path], base=str(path / "base_state_dict.bin"))
+    assert [p.name for p in tmp_path.iterdir()] == ["finetuned.ckpt"]  # nothing half-written
 
 
 def test_adapter_for_another_base_is_refused(tmp_path, tiny_files):
@@ -149,14 +163,15 @@ def test_official_checkpoint_is_converted_once_beside_it_or_in_the_next_folder(t
     ckpt.parent.mkdir()
     shutil.copy(path / "instruct_checkpoint.ckpt", ckpt)
     before = ckpt.read_bytes()
-    first = converted_adapter(ckpt, [ckpt.parent])
-    assert first.parent == ckpt.parent and first.name.startswith("finetuned.") and first.name.endswith(".adapter.safetensors")
+    base = str(path / "base_state_dict.bin")
+    first = converted_adapter(ckpt, [ckpt.parent], base=base)
+    assert first.parent == ckpt.parent and first.name.startswith("finetuned.") and first.name.endswith(".model.safetensors")
     stamp = first.stat().st_mtime_ns
-    assert converted_adapter(ckpt, [ckpt.parent]) == first and first.stat().st_mtime_ns == stamp  # not redone
+    assert converted_adapter(ckpt, [ckpt.parent], base=base) == first and first.stat().st_mtime_ns == stamp  # not redone
     assert ckpt.read_bytes() == before
     blocked = tmp_path / "not-a-folder"
     blocked.write_text("a file where a folder would go")
-    assert converted_adapter(ckpt, [blocked / "sub", tmp_path / "cache"]).parent == tmp_path / "cache"
+    assert converted_adapter(ckpt, [blocked / "sub", tmp_path / "cache"], base=base).parent == tmp_path / "cache"
 
 
 def test_a_merged_model_refuses_to_save_its_adapter(fixture, load_fixture):
@@ -172,7 +187,8 @@ def test_conversion_reports_its_progress_to_the_end(tmp_path, fixture):
     from imgen_core.loader import converted_adapter
     path, _ = fixture
     calls = []
-    out = converted_adapter(path / "instruct_checkpoint.ckpt", [tmp_path], lambda done, total: calls.append((done, total)))
+    out = converted_adapter(path / "instruct_checkpoint.ckpt", [tmp_path], lambda done, total: calls.append((done, total)),
+                            base=str(path / "base_state_dict.bin"))
     assert len(calls) > 10
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and len({t for _, t in calls}) == 1
     assert calls[-1][0] == calls[-1][1] == out.stat().st_size - (8 + int.from_bytes(out.read_bytes()[:8], "little"))

@@ -138,13 +138,15 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
 
 
 def test_missing_weights_name_the_file_and_every_place_looked(tmp_path, stereo_wav, capsys, monkeypatch):
+    """A repo that is not one of the released parts: the places looked in are named."""
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setenv("IMGEN_WEIGHTS", str(tmp_path / "weights"))
     out = tmp_path / "out.wav"
     assert main(["edit", str(stereo_wav), "--op", "add", "--stem", "bass", "-o", str(out),
-                 "--base", "facebook/musicgen-large", "--offline"]) == 2
+                 "--adapter", "someone/another-adapter", "--offline"]) == 2
     err = " ".join(capsys.readouterr().err.split())
-    assert "could not find state_dict.bin" in err
-    assert "local path 'facebook/musicgen-large'" in err and "Hugging Face cache" in err and "offline" in err
+    assert "could not find finetuned.ckpt" in err
+    assert "local path 'someone/another-adapter'" in err and "Hugging Face cache" in err and "offline" in err
 
 
 def test_console_script_is_installed():
