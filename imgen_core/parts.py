@@ -127,7 +127,11 @@ def missing_message(missing: list[Part], target_of: Callable[[Part], Path], offl
 
 
 def human_size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
+    if n >= 1e8:
+        return f"{n / 1e9:.2f} GB"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
-            return f"{n / scale:.1f} {unit}"
+            return f"{n / scale:.0f} {unit}"
     return f"{n} B"

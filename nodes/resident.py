@@ -23,9 +23,8 @@ from pathlib import Path
 import torch
 
 from ..imgen_core import working_memory
-from ..imgen_core.defaults import pick_dtype
+from ..imgen_core.defaults import cache_dir, pick_dtype
 from ..imgen_core.editor import Editor
-from ..imgen_core.loader import cache_dir
 from . import comfy_glue
 
 _LOCK = threading.RLock()
@@ -52,14 +51,18 @@ class ResidentEditor:
         self.editor: Editor | None = None
         self.patcher = None
 
+    def describe(self) -> str:
+        adapter = self.files["adapter"]
+        return f"{self.files['base']} + {adapter}" if self.files["base"] and not str(adapter).endswith(".ckpt") \
+            else str(adapter)
+
     def load(self, progress=None):
         """Load the weights if they are not (first use, or after a release)."""
         with _LOCK:
             if self.editor is not None:
                 return
             gc.collect()  # residents that only a reference cycle kept alive go before more weights come
-            print(f"[{LABEL}] loading weights from {self.files['base']} + {self.files['adapter']} ({self.dtype})",
-                  flush=True)
+            print(f"[{LABEL}] loading weights from {self.describe()} ({self.dtype})", flush=True)
             device = comfy_glue.torch_device()
             editor = Editor.from_pretrained(
                 self.files["base"], self.files["adapter"], self.files["t5"], self.files["encodec"], device="cpu",
@@ -88,7 +91,7 @@ class ResidentEditor:
                 return
             _empty(self.patcher.model)
             self.editor = self.patcher = None
-            print(f"[{LABEL}] released the weights of {self.files['base']} + {self.files['adapter']}", flush=True)
+            print(f"[{LABEL}] released the weights of {self.describe()}", flush=True)
         _return_memory()
 
 
@@ -124,7 +127,9 @@ def _trim():
         pass
 
 
-def _identity(path: str) -> tuple:
+def _identity(path: str | None) -> tuple:
+    if path is None:
+        return (None, 0)
     p = Path(path)
     return (str(p.resolve()), p.stat().st_mtime_ns) if p.exists() else (path, 0)
 

@@ -75,23 +75,29 @@ def _install_model(folder: Path, models: Path, name: str, lm_cfg=None, seed: int
     shutil.move(str(files["adapter"]), models / "instruct_musicgen" / f"{name}.safetensors")
 
 
-def start_test_server(base: Path, device_args=("--cpu",), roomy: bool = True, found=None) -> "ComfyServer | None":
+def start_test_server(base: Path, device_args=("--cpu",), roomy: bool = True, found=None, models: bool = True,
+                      env: dict | None = None) -> "ComfyServer | None":
     """A ComfyUI server with the pack, the tiny, slow (and, with `roomy`, the two roomy) models in
-    its model folders and the test clips in its input folder; None when no ComfyUI is found.
-    `device_args`: ComfyUI's device flags (--cpu; on a GPU none, --gpu-only, --lowvram...).
-    `found`: (ComfyUI folder, python, description) instead of looking for one."""
+    its model folders (none without `models`) and the test clips in its input folder; None when
+    no ComfyUI is found. `device_args`: ComfyUI's device flags (--cpu; on a GPU none, --gpu-only,
+    --lowvram...). `found`: (ComfyUI folder, python, description) instead of looking for one.
+    `env`: variables for the server over the defaults (which keep it offline)."""
     from imgen_core.audio import write_audio
     from imgen_core.config import LMConfig
     found = found or find_comfyui(base)
     if found is None:
         return None
     comfy_dir, python, description = found
-    models = base / "models"
-    _install_model(base / "build", models, "tiny")
-    _install_model(base / "build", models, "slow", LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
-    for i in (1, 2) if roomy else ():
-        _install_model(base / "build", models, f"roomy{i}", LMConfig(**ROOMY_LM), seed=i)
-    srv = ComfyServer(comfy_dir, python, base, description, device_args)
+    folders = base / "models"
+    for name in ("musicgen", "instruct_musicgen"):
+        (folders / name).mkdir(parents=True, exist_ok=True)
+    if models:
+        _install_model(base / "build", folders, "tiny")
+        _install_model(base / "build", folders, "slow",
+                       LMConfig(dim=512, num_heads=8, num_layers=8, card=64, text_dim=32))
+    for i in (1, 2) if roomy and models else ():
+        _install_model(base / "build", folders, f"roomy{i}", LMConfig(**ROOMY_LM), seed=i)
+    srv = ComfyServer(comfy_dir, python, base, description, device_args, env)
     srv.input_dir.mkdir(exist_ok=True)
     music, srv.inputs = input_music()
     write_audio(srv.input_dir / "song.wav", music(SONG_SECONDS, 44100, 2, 1), 44100)
@@ -125,8 +131,10 @@ def free_port() -> int:
 
 
 class ComfyServer:
-    def __init__(self, comfy_dir: Path, python: str, base: Path, description: str, device_args=("--cpu",)):
+    def __init__(self, comfy_dir: Path, python: str, base: Path, description: str, device_args=("--cpu",),
+                 env: dict | None = None):
         self.comfy_dir, self.python, self.base, self.description = comfy_dir, python, base, description
+        self.env = env or {}
         self.device_args = list(device_args)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -146,7 +154,7 @@ class ComfyServer:
                        f"    instruct_musicgen: models/instruct_musicgen\n    custom_nodes: custom_nodes\n")
         for d in (self.input_dir, self.output_dir, self.base / "user"):
             d.mkdir(exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.env}
         env.pop("PYTHONPATH", None)
         self.log = open(self.log_path, "w")
         front_end = os.environ.get("IMGEN_COMFYUI_FRONTEND")

@@ -14,6 +14,7 @@ import torch
 
 from browser_harness import CHROMIUM_ARGS, Frontend, chromium_path
 from comfyui_harness import CLIP_SECONDS, INPUT_CHANNELS, INPUT_RATES, REPO, SLOW, SONG_SECONDS, TINY, error_message, layout_problems
+from hub_harness import CHECKPOINT
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DISPLAY_NAMES = ["Load Model (Instruct-MusicGen)", "Load Audio (Instruct-MusicGen)", "Encode Audio (Instruct-MusicGen)",
@@ -259,3 +260,94 @@ def test_broken_input_file_shows_one_line_not_a_traceback(frontend, comfy_server
         # begins with our message (the stack trace follows in the report, as for any node).
         assert "Load Audio (Instruct-MusicGen)" in lines, lines[:20]
         assert any(line.endswith(message.strip()) for line in lines), lines[:40]
+
+
+# ------------------------------------------------------------------ a new user's first run
+
+@pytest.fixture(scope="module")
+def first_run_server(tmp_path_factory):
+    """A ComfyUI server whose model folders are empty and whose hub is a local stand-in serving
+    the parity fixture under the released names (hub_harness.py)."""
+    from comfyui_harness import start_test_server
+    from hub_harness import Hub, hub_root
+    from support import fixture_dir
+    hub = Hub(hub_root(tmp_path_factory.mktemp("hub"), fixture_dir("instruct_musicgen_tiny")))
+    server = None
+    try:
+        server = start_test_server(tmp_path_factory.mktemp("first_run"), roomy=False, models=False,
+                                   env={"HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+                                        "HF_HUB_DISABLE_XET": "1"})
+        if server is None:
+            pytest.skip("first-run tests: no ComfyUI found")
+        yield server, hub
+    finally:
+        if server is not None:
+            server.stop()
+        hub.stop()
+
+
+def hub_files_of(hub) -> Path:
+    return hub.root / CHECKPOINT[0] / CHECKPOINT[1]
+
+
+@pytest.fixture
+def first_run_page(browser, first_run_server, screenshots, request):
+    server, _ = first_run_server
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    fe = Frontend(page, server.url).open()
+    yield fe
+    fe.screenshot(screenshots / f"{request.node.name}.png")
+    page.close()
+
+
+def test_a_shipped_workflow_without_weights_offers_the_checkpoint_download(first_run_page, first_run_server,
+                                                                          screenshots):
+    """The newest frontend reads the workflow's `models` and offers the download of the checkpoint
+    it does not find in models/instruct_musicgen."""
+    fe = first_run_page
+    if fe.legacy:
+        pytest.skip("this frontend predates the missing-models dialog")
+    server, _ = first_run_server
+    assert not (server.base / "models" / "instruct_musicgen" / "finetuned.ckpt").exists()
+    fe.load_workflow(json.loads((REPO / "workflows" / "Remove a stem.json").read_text()), "Remove a stem.json")
+    fe.page.get_by_text("finetuned.ckpt is missing").first.wait_for(timeout=20000)
+    fe.screenshot(screenshots / "first_run_missing_models.png")
+    fe.page.get_by_role("button", name="View details").first.click()
+    fe.page.wait_for_timeout(2000)
+    fe.screenshot(screenshots / "first_run_missing_models_details.png")
+    panel = fe.page.get_by_text("Missing Models", exact=True).first
+    assert panel.is_visible()
+    text = fe.page.evaluate("() => document.body.innerText")
+    assert "finetuned.ckpt\ninstruct_musicgen" in text  # the file and the folder it goes in
+    # the download is offered only for a huggingface.co address of a model file: the workflow's own
+    assert fe.page.evaluate("""() => [...document.querySelectorAll('button')]
+        .some(b => b.innerText.trim() === 'Download' && b.offsetParent !== null)""")
+
+
+def test_the_first_run_downloads_every_part_with_progress_on_the_loader_then_edits(first_run_page, first_run_server):
+    """Run on a server without weights: the loader fetches the checkpoint, MusicGen-large's config,
+    T5 and EnCodec into ComfyUI's model folders (the bytes' progress reaching the page), converts
+    the checkpoint once, and the edit is saved."""
+    fe = first_run_page
+    server, hub = first_run_server
+    fe.load_workflow(_workflow("Remove a stem.json", server.get("/object_info")), "Remove a stem.json")
+    fe.close_dialogs()
+    loader = next(str(n["id"]) for n in fe.nodes() if n["type"] == "InstructMusicGenLoader")
+    prompt_id, _ = fe.run()
+    history = server.wait(prompt_id)
+    assert history["status"]["status_str"] == "success", error_message(history) or server.log_text()[-3000:]
+    models = server.base / "models"
+    served = hub_files_of(hub)
+    assert (models / "instruct_musicgen" / "finetuned.ckpt").read_bytes() == served.read_bytes()
+    for place in ("musicgen/musicgen-large/config.json", "musicgen/t5-base/model.safetensors",
+                  "musicgen/t5-base/tokenizer.json", "musicgen/encodec_32khz/model.safetensors"):
+        assert (models / place).is_file(), place
+    assert not list(models.rglob("*.partial"))
+    assert len(list((models / "instruct_musicgen").glob("finetuned.*.model.safetensors"))) == 1
+    assert len(server.output_files(history)) == 1
+    fe.page.wait_for_timeout(1000)  # Playwright hands over websocket frames while it runs
+    steps = [(m["data"]["value"], m["data"]["max"]) for m in fe.messages
+             if m.get("type") == "progress" and str(m["data"].get("node")) == loader]
+    size = served.stat().st_size
+    assert (size, size) in steps, steps[:20]  # the checkpoint's bytes, to the last
+    assert any(0 < value < total == size for value, total in steps) or size <= 10 * 2**20

@@ -28,6 +28,16 @@ def test_mutated_weight_files_load_or_are_refused(tmp_path, tiny_files):
     for name in FIXTURE_NAMES:
         if (FIXTURES / name / "reference.pt").is_file():
             sources += [FIXTURES / name / "base_state_dict.bin", FIXTURES / name / "instruct_checkpoint.ckpt"]
+    fixture = FIXTURES / FIXTURE_NAMES[0]
+    if (fixture / "reference.pt").is_file():  # the whole model in one file, and a base's config.json
+        from hub_harness import transformers_config
+        from imgen_core.official_checkpoint import convert_official
+        from imgen_core.base_config import base_lm_config
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps(transformers_config(fixture / "base_state_dict.bin"), indent=1))
+        whole = tmp_path / "whole.safetensors"
+        convert_official(fixture / "instruct_checkpoint.ckpt", whole, base_config=lambda: base_lm_config(config))
+        sources += [config, whole]
     summary = fuzz(tmp_path / "fuzz.jsonl", sources, CASES, SECONDS)
     assert summary["cases"] >= 1000 and summary["summary"]["refused"] > 0 and summary["summary"]["loaded"] > 0
     assert summary["seconds"] < 10 and summary["peak_mb"] < 200

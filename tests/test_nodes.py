@@ -39,14 +39,63 @@ def test_instruct_edit_widgets_default_to_the_librarys_settings(pack):
         assert widgets[name][1]["min"] <= default[name] <= widgets[name][1]["max"], name
 
 
-def test_the_loader_offers_the_librarys_choices(pack, monkeypatch):
-    loader = sys.modules["imgen_node_pack.nodes.loader"]
-    monkeypatch.setattr(loader, "_base_files", lambda: ["tiny/state_dict.bin"])
-    monkeypatch.setattr(loader, "_adapter_files", lambda: ["tiny.safetensors"])
-    monkeypatch.setattr(loader, "_model_folders", lambda model_type: [])
-    inputs = pack.NODE_CLASS_MAPPINGS["InstructMusicGenLoader"].INPUT_TYPES()["required"]
+def _model_folders(monkeypatch, root):
+    """ComfyUI's folder_paths over `root`/musicgen and `root`/instruct_musicgen."""
+    import types
+    fake = types.ModuleType("folder_paths")
+
+    def files(name):
+        base = root / name
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
+    fake.get_filename_list = files
+    fake.get_folder_paths = lambda name: [str(root / name)]
+    fake.get_full_path = lambda name, file: str(root / name / file) if (root / name / file).is_file() else None
+    monkeypatch.setitem(sys.modules, "folder_paths", fake)
+    for name in ("musicgen", "instruct_musicgen"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+
+
+def test_the_loader_offers_the_released_parts_first_and_downloads_what_is_missing(pack, monkeypatch, tmp_path):
+    _model_folders(monkeypatch, tmp_path)
+    loader_class = pack.NODE_CLASS_MAPPINGS["InstructMusicGenLoader"]
+    inputs = loader_class.INPUT_TYPES()["required"]
     assert inputs["dtype"][0] == list(defaults.DTYPE_CHOICES)
-    assert inputs["t5"][0] == [defaults.T5] and inputs["encodec"][0] == [defaults.ENCODEC]
+    assert inputs["base"][0] == ["from the checkpoint"]
+    assert inputs["adapter"][0] == ["finetuned.ckpt (download 14.6 GB)"]
+    assert inputs["t5"][0] == ["t5-base"] and inputs["encodec"][0] == ["encodec_32khz"]  # downloaded by the run
+    # a shared workflow names the checkpoint itself: accepted before it is here (Run downloads it)
+    assert loader_class.VALIDATE_INPUTS("finetuned.ckpt") is True
+    refused = loader_class.VALIDATE_INPUTS("mine.safetensors")
+    assert "'mine.safetensors' is not in the instruct_musicgen model folders" in refused
+    assert "finetuned.ckpt (download 14.6 GB)" in refused
+
+    (tmp_path / "instruct_musicgen" / "finetuned.ckpt").write_bytes(b"present")
+    (tmp_path / "instruct_musicgen" / "mine.safetensors").write_bytes(b"mine")
+    (tmp_path / "instruct_musicgen" / "finetuned.0123456789ab.model.safetensors").write_bytes(b"converted")
+    (tmp_path / "musicgen" / "t5-base").mkdir()
+    (tmp_path / "musicgen" / "t5-base" / "config.json").write_text('{"model_type": "t5"}')
+    (tmp_path / "musicgen" / "my-t5").mkdir()
+    (tmp_path / "musicgen" / "my-t5" / "config.json").write_text('{"model_type": "t5"}')
+    (tmp_path / "musicgen" / "large").mkdir()
+    (tmp_path / "musicgen" / "large" / "state_dict.bin").write_bytes(b"base")
+    inputs = loader_class.INPUT_TYPES()["required"]
+    assert inputs["base"][0] == ["from the checkpoint", "large/state_dict.bin"]
+    assert inputs["adapter"][0] == ["finetuned.ckpt", "mine.safetensors"]  # the converted copy is not a choice
+    assert inputs["t5"][0] == ["t5-base", "my-t5"]
+    assert inputs["encodec"][0] == ["encodec_32khz"]
+
+
+def test_offline_the_loader_names_every_missing_part_and_where_it_goes(pack, monkeypatch, tmp_path):
+    _model_folders(monkeypatch, tmp_path)
+    loader = sys.modules["imgen_node_pack.nodes.loader"]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as e:
+        loader.weight_files("from the checkpoint", "finetuned.ckpt", "t5-base", "encodec_32khz", None)
+    message = str(e.value)
+    assert message.startswith("4 part(s) of the model are missing")
+    for place in (tmp_path / "instruct_musicgen" / "finetuned.ckpt", tmp_path / "musicgen" / "musicgen-large",
+                  tmp_path / "musicgen" / "t5-base", tmp_path / "musicgen" / "encodec_32khz"):
+        assert str(place) in message, place
 
 
 def test_weights_left_off_the_load_device_are_named(pack):

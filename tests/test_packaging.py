@@ -55,3 +55,30 @@ def test_comfyui_loads_no_nodes_with_an_old_torch_and_says_why(version, loaded):
     else:
         assert "[Instruct-MusicGen] not loaded: this package needs torch>=" in out.stdout
         assert out.stdout.strip().endswith("0")
+
+
+def test_pyproject_has_what_the_comfy_registry_requires():
+    """The fields `comfy node validate` and the registry read (its documented specification):
+    a name without "ComfyUI", an X.Y.Z version, a Repository address, a publisher, a display name
+    and an icon address that is this repository's own square PNG."""
+    import json
+    import struct
+    with open(REPO / "pyproject.toml", "rb") as f:
+        meta = tomllib.load(f)
+    project, comfy = meta["project"], meta["tool"]["comfy"]
+    assert "comfyui" not in project["name"].lower()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])
+    repository = project["urls"]["Repository"]
+    assert repository.startswith("https://github.com/")
+    assert comfy["PublisherId"] and comfy["DisplayName"]
+    owner_repo = repository.removeprefix("https://github.com/")
+    assert comfy["Icon"] == f"https://raw.githubusercontent.com/{owner_repo}/main/icon.png"
+    png = (REPO / "icon.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", png[16:24])
+    assert width == height <= 800
+    assert all((REPO / folder).is_dir() for folder in comfy["includes"])
+    [model] = comfy["Models"]
+    workflow = json.loads((REPO / "workflows" / "Remove a stem.json").read_text())
+    assert model["model_url"] == workflow["models"][0]["url"]
+    assert model["location"] == f"/{workflow['models'][0]['directory']}/{workflow['models'][0]['name']}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,10 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from imgen_core.generate import generate
 from imgen_core.loader import load_model, resolve_adapter
+from hub_harness import CHECKPOINT, Hub, hub_root, online_env, transformers_config
 from support import GREEDY, REPO, conditional_text, fixture_dir, stem_audio, STEM_RATE
 
 
@@ -27,66 +26,11 @@ def write_song(path: Path, seconds: float) -> Path:
     sf.write(str(path), mix, STEM_RATE)
     return path
 
-CHECKPOINT = ("ldzhangyx/instruct-MusicGen", "finetuned.ckpt")
-
-
-def transformers_config(base_state_dict: Path) -> dict:
-    """What `facebook/musicgen-large`'s config.json says, for a fixture's base: the same sizes,
-    read here from the base's own audiocraft config (no product code)."""
-    pkg = torch.load(base_state_dict, weights_only=True, map_location="cpu")
-    lm = yaml.safe_load(pkg["xp.cfg"])["transformer_lm"]
-    text = pkg["best_state"]["condition_provider.conditioners.description.output_proj.weight"].shape[1]
-    return {"model_type": "musicgen", "audio_encoder": {"audio_channels": 1},
-            "decoder": {"model_type": "musicgen_decoder", "hidden_size": lm["dim"], "num_attention_heads": lm["num_heads"],
-                        "num_hidden_layers": lm["num_layers"], "ffn_dim": lm["dim"] * lm.get("hidden_scale", 4),
-                        "num_codebooks": lm["n_q"], "vocab_size": lm["card"], "activation_function": "gelu",
-                        "audio_channels": 1},
-            "text_encoder": {"model_type": "t5", "d_model": text}}
-
-
-def hub_root(folder: Path, fixture: Path) -> Path:
-    """The hub's files for a fixture under the released names: the checkpoint, MusicGen-large's
-    config.json (the fixture's sizes, as the official run redirected 'large' to its base), and a
-    tiny T5 of the fixture's text width and a tiny EnCodec of its codebook size."""
-    from imgen_core.tiny import tiny_codec, tiny_text_encoder
-    ckpt = folder / CHECKPOINT[0] / CHECKPOINT[1]
-    ckpt.parent.mkdir(parents=True)
-    shutil.copy(fixture / "instruct_checkpoint.ckpt", ckpt)
-    config = transformers_config(fixture / "base_state_dict.bin")
-    (folder / "facebook" / "musicgen-large").mkdir(parents=True)
-    (folder / "facebook" / "musicgen-large" / "config.json").write_text(json.dumps(config))
-    t5 = tiny_text_encoder(config["text_encoder"]["d_model"])
-    t5.tokenizer.save_pretrained(folder / "t5-base")
-    t5.encoder.save_pretrained(folder / "t5-base")
-    tiny_codec(config["decoder"]["vocab_size"]).model.save_pretrained(folder / "facebook" / "encodec_32khz")
-    return folder
-
-
-class Hub:
-    """tests/hub_server.py in its own process."""
-
-    def __init__(self, root: Path, *flags: str, port: int = 0):
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "hub_server.py"), str(root),
-                                      "--port", str(port), *flags], stdout=subprocess.PIPE, text=True)
-        self.port = int(self.proc.stdout.readline())
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> list[str]:
-        self.proc.kill()
-        out = self.proc.communicate(timeout=30)[0]
-        return out.splitlines()
 
 
 def imgen(args, env, timeout=600, **kwargs):
     return subprocess.run([sys.executable, "-m", "imgen_core.cli", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
-
-
-def online_env(hub: Hub, weights: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    return dict(env, HF_ENDPOINT=hub.endpoint, HF_HUB_OFFLINE="0", IMGEN_WEIGHTS=str(weights),
-                HF_HOME=str(weights.parent / "hf_home"), IMGEN_CACHE=str(weights.parent / "cache"),
-                HF_HUB_DISABLE_XET="1")
 
 
 @pytest.mark.parametrize("name", ["instruct_musicgen_tiny", "instruct_musicgen_tiny_partial"])
@@ -129,33 +73,34 @@ def hub_files(tmp_path_factory):
     return hub_root(tmp_path_factory.mktemp("hub"), fixture_dir("instruct_musicgen_tiny"))
 
 
-def test_edit_with_no_base_downloads_every_part_and_equals_the_base_and_checkpoint_edit(hub_files, tmp_path):
-    """`imgen edit` with no --base and no weights: every part comes from the hub, then the edit
-    equals the one made from local files (base + checkpoint), byte for byte; the second run
-    downloads nothing."""
-    fixture = fixture_dir("instruct_musicgen_tiny")
+@pytest.mark.parametrize("name", ["instruct_musicgen_tiny", "instruct_musicgen_tiny_partial"])
+def test_edit_with_no_base_downloads_every_part_and_equals_the_edit_on_the_base_file(name, tmp_path):
+    """`imgen edit` with no --base and no weights: every part comes from the hub and the edit
+    equals, byte for byte, the one made with the LM's weights read from the base file (the
+    adapter alone on `--base state_dict.bin`); the second run downloads nothing."""
+    fixture = fixture_dir(name)
     song = write_song(tmp_path / "song.wav", 1.0)
-    hub = Hub(hub_files)
+    hub = Hub(hub_root(tmp_path / "hub", fixture))
     env = online_env(hub, tmp_path / "weights")
+    edit = ["edit", song, "--op", "add", "--stem", "drums", "--render", "model"]
     try:
-        first = imgen(["edit", song, "--op", "add", "--stem", "drums", "-o", tmp_path / "hub.wav", "--adapter",
-                       CHECKPOINT[0], "--render", "model"], env)
+        first = imgen([*edit, "-o", tmp_path / "hub.wav", "--adapter", CHECKPOINT[0]], env)
         assert first.returncode == 0, first.stderr
-        again = imgen(["edit", song, "--op", "add", "--stem", "drums", "-o", tmp_path / "again.wav", "--adapter",
-                       CHECKPOINT[0], "--render", "model"], env)
+        again = imgen([*edit, "-o", tmp_path / "again.wav", "--adapter", CHECKPOINT[0]], env)
         assert again.returncode == 0, again.stderr
     finally:
         log = hub.stop()
     assert "downloading model" in first.stderr and "converting model" in first.stderr
-    gets = [line for line in log if line.startswith("GET")]
-    assert len([g for g in gets if "finetuned.ckpt" in g]) == 1  # once, not again on the second run
+    assert len([line for line in log if line.startswith("GET") and CHECKPOINT[1] in line]) == 1  # once
     assert "downloading" not in again.stderr and "converting" not in again.stderr
     weights = tmp_path / "weights"
     assert (weights / "finetuned.ckpt").read_bytes() == (fixture / "instruct_checkpoint.ckpt").read_bytes()
-    local = imgen(["edit", song, "--op", "add", "--stem", "drums", "-o", tmp_path / "local.wav", "--adapter",
-                   fixture / "instruct_checkpoint.ckpt", "--base", fixture / "base_state_dict.bin", "--t5",
-                   weights / "t5-base", "--encodec", weights / "encodec_32khz", "--render", "model",
-                   "--offline"], dict(env, HF_HUB_OFFLINE="1"))
+    offline = dict(env, HF_HUB_OFFLINE="1")
+    adapter = tmp_path / "adapter.safetensors"
+    converted = imgen(["convert", fixture / "instruct_checkpoint.ckpt", "-o", adapter, "--adapter-only"], offline)
+    assert converted.returncode == 0, converted.stderr
+    local = imgen([*edit, "-o", tmp_path / "local.wav", "--adapter", adapter, "--base", fixture / "base_state_dict.bin",
+                   "--t5", weights / "t5-base", "--encodec", weights / "encodec_32khz", "--offline"], offline)
     assert local.returncode == 0, local.stderr
     assert (tmp_path / "hub.wav").read_bytes() == (tmp_path / "local.wav").read_bytes() == \
         (tmp_path / "again.wav").read_bytes()

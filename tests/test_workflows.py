@@ -23,8 +23,23 @@ def test_workflow_says_what_it_does_and_where_the_models_go(path):
     workflow = json.loads(path.read_text())
     notes = [n["widgets_values"][0] for n in workflow["nodes"] if n["type"] in ("Note", "MarkdownNote")]
     assert len(notes) == 1
-    for place in ("models/musicgen/", "models/instruct_musicgen/", "finetuned.ckpt", "state_dict.bin"):
+    for place in ("models/musicgen", "models/instruct_musicgen", "finetuned.ckpt", "14.6 GB", "download"):
         assert place in notes[0], place
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
+def test_workflow_says_where_its_model_comes_from(path):
+    """The frontend's missing-models dialog offers a download for a model a workflow lists with a
+    huggingface.co address whose file name is a model file, found through the loader's combo."""
+    workflow = json.loads(path.read_text())
+    released = {"name": "finetuned.ckpt", "directory": "instruct_musicgen",
+                "url": "https://huggingface.co/ldzhangyx/instruct-MusicGen/resolve/main/finetuned.ckpt"}
+    assert workflow["models"] == [released]
+    loaders = [n for n in workflow["nodes"] if n["type"] == "InstructMusicGenLoader"]
+    assert loaders
+    for node in loaders:
+        assert node["properties"]["models"] == [released]
+        assert node["widgets_values"][:4] == ["from the checkpoint", "finetuned.ckpt", "t5-base", "encodec_32khz"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
