@@ -106,18 +106,11 @@ class LMConfig:
                    delays=tuple(range(n_q)) if _whole(n_q) and 0 < n_q <= 64 else ())
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["delays"] = list(self.delays)
-        return d
+        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LMConfig":
-        if not isinstance(d, dict) or not set(d) <= {f.name for f in fields(cls)}:
-            raise ConfigError(f"an LM config must be a mapping of {', '.join(f.name for f in fields(cls))}")
-        d = dict(d)
-        if isinstance(d.get("delays"), list) and len(d["delays"]) <= 64:
-            d["delays"] = tuple(d["delays"])
-        return cls(**d)
+        return _from_plain(cls, d, "an LM config")
 
 
 @dataclass(frozen=True)
@@ -146,18 +139,23 @@ class FusionConfig:
         return lm.num_layers - self.num_layers
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["lora_targets"] = list(self.lora_targets)
-        return d
+        return _plain(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FusionConfig":
-        if not isinstance(d, dict) or not set(d) <= {f.name for f in fields(cls)}:
-            raise ConfigError(f"a fusion config must be a mapping of {', '.join(f.name for f in fields(cls))}")
-        d = dict(d)
-        targets = d.get("lora_targets", ("q_proj", "v_proj"))
-        d["lora_targets"] = tuple(targets) if isinstance(targets, (list, tuple)) else targets
-        return cls(**d)
+        return _from_plain(cls, d, "a fusion config")
+
+
+def _plain(cfg) -> dict:
+    """A config as JSON values (its tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def _from_plain(cls, d, what: str):
+    """A config from `_plain`'s values (lists back to tuples, at most 64 long), validated as built."""
+    if not isinstance(d, dict) or not set(d) <= {f.name for f in fields(cls)}:
+        raise ConfigError(f"{what} must be a mapping of {', '.join(f.name for f in fields(cls))}")
+    return cls(**{k: tuple(v) if isinstance(v, list) and len(v) <= 64 else v for k, v in d.items()})
 
 
 def _whole(x) -> bool:

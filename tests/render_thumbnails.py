@@ -20,11 +20,9 @@ SIDE = 512  # square pictures, the graph centred on the canvas colour
 
 def _name_models_as_the_workflows_do(models: Path):
     """The tiny files under the names the shipped workflows use, so no loader shows as missing."""
-    (models / "musicgen" / "musicgen-large").mkdir()
-    shutil.copy(models / "musicgen" / "tiny" / "state_dict.bin", models / "musicgen" / "musicgen-large")
     shutil.copy(models / "instruct_musicgen" / "tiny.safetensors", models / "instruct_musicgen" / "finetuned.ckpt")
     shutil.copytree(models / "musicgen" / "tiny-t5", models / "musicgen" / "t5-base")
-    shutil.copytree(models / "musicgen" / "tiny-encodec", models / "musicgen" / "facebook" / "encodec_32khz")
+    shutil.copytree(models / "musicgen" / "tiny-encodec", models / "musicgen" / "encodec_32khz")
 
 
 def _square(png: bytes):
