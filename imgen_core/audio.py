@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .errors import about
-from .files import replacing
+from .files import check_writable_folder, replacing
 
 SILENCE_PEAK = 1e-4  # -80 dBFS: below this there is nothing to edit
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3")  # what is read as audio
@@ -78,9 +78,18 @@ def read_recording(path: str | os.PathLike) -> Recording:
             if done < f.frames:  # the header promised more than the file holds
                 wav, native = wav[:, :done].clone(), None if native is None else native[:done].copy()
     except (RuntimeError, TypeError) as e:  # libsndfile errors are RuntimeErrors
-        raise AudioError(f"cannot decode {path} as audio ({e}); readable formats: "
-                         f"{', '.join(sorted(sf.available_formats()))}") from None
+        raise AudioError(f"{path.name} cannot be read as audio: {_unreadable(e)}. Readable: WAV, FLAC, OGG, MP3, "
+                         f"AIFF and the other formats libsndfile knows") from None
     return Recording(wav, int(sr), subtype, native)
+
+
+def _unreadable(e: Exception) -> str:
+    """Why libsndfile refused a file that exists, in words that fit: it says "File does not exist
+    or is not a regular file" for any header it cannot parse."""
+    text = " ".join(str(e).split())
+    if "does not exist" in text or "not a regular file" in text or "unknown format" in text.lower():
+        return "its header is damaged, or it is not an audio file"
+    return text.split(": ", 1)[-1][:160]
 
 
 def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:
@@ -235,16 +244,16 @@ def is_same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 
 def check_output(path: str | os.PathLike, overwrite: bool = False):
     """Refuse an output that `write_audio` could not write, before any work is done for it: a
-    format it does not write, a missing or read-only folder, a folder in its place, a file there
-    already (unless `overwrite`)."""
+    format it does not write, a folder that could not be written or created (a missing one is
+    created when the file is written, as for a batch's output folder), a folder in its place, a
+    file there already (unless `overwrite`)."""
     path = Path(path)
     if path.suffix.lower() not in WRITABLE_SUFFIXES:
         raise AudioError(f"unsupported output extension {path.suffix!r} for {path.name}; use "
                          f"{', '.join(WRITABLE_SUFFIXES)}")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"output folder is not writable: {path.parent}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise FileExistsError(f"{path.parent} is a file, so {path.name} cannot be written in it")
+    check_writable_folder(path.parent)
     if path.is_dir():
         raise FileExistsError(f"{path} is a folder; name the audio file to write")
     if path.exists() and not overwrite:
@@ -285,6 +294,7 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
         kind, scale = _NATIVE[subtype]
     stored = like is not None and kind is not None and like.native is not None and sample_rate == like.sample_rate \
         and like.wav.shape == wav.shape
+    path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path) as f, sf.SoundFile(f, "w", sample_rate, wav.shape[0], subtype, format=fmt) as out:
         out.software = SOFTWARE
         for a in range(0, wav.shape[-1], CHUNK):  # a chunk at a time: no whole-signal temporaries

@@ -32,6 +32,18 @@ def audio_files(inputs: list[str]) -> list[Path]:
     return files
 
 
+def subfolders_left_out(inputs: list[str]) -> list[Path]:
+    """The subfolders of the folders named that hold audio files: not edited (only a folder's
+    own files are), which the user is told."""
+    found = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found += sorted(d for d in path.iterdir() if d.is_dir() and any(
+                p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES for p in d.iterdir()))
+    return found
+
+
 def plan(inputs: list[str], output: str) -> list[tuple[Path, Path]]:
     """(input, output) pairs. One input and a file name: that pair. Otherwise the output is a
     folder (created when missing) and each input keeps its name there (as .wav when its own

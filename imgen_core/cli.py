@@ -122,13 +122,13 @@ def _check_model_settings(args, sampling):
 def cmd_edit(args) -> int:
     from . import ranks
     from .audio import AudioError, check_audio, check_output, read_recording, write_audio
-    from .batch import is_batch, plan
+    from .batch import is_batch, plan, subfolders_left_out
     from .defaults import pick_device
     from .editor import Editor, edit_many
     from .instructions import operation_of
     from .take import check_output_form, check_range, render_mode
     if (args.op is None) == (args.instruction is None) or (args.op is not None and args.stem is None):
-        raise SystemExit("imgen edit: give either --op and --stem, or --instruction")
+        raise ValueError("give either --op and --stem, or --instruction")
     sampling = _sampling(args)
     rate = _output_rate(args.rate)
     ranged = args.start is not None or args.end is not None
@@ -156,6 +156,13 @@ def cmd_edit(args) -> int:
     else:
         largest = _check_batch(jobs, args.overwrite, lambda rate_in: check_output_form(
             mode == "preserve" or ranged, rate, args.channels, rate_in))
+        for folder in subfolders_left_out(args.input):
+            print(f"note: {folder} is a subfolder: only the files directly in the folders named are edited",
+                  file=sys.stderr)
+        if not args.overwrite and all(dst.exists() for _, dst in jobs):
+            print(f"all {len(jobs)} outputs are already there (finished earlier): nothing to do (--overwrite "
+                  f"redoes them)", file=sys.stderr)
+            return 0
     device = ranks.join(device)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
                                     offline=True if args.offline else None, progress=_load_progress())
@@ -403,13 +410,19 @@ def _demo_songs():
     return (lambda seconds, seed: music.song(seconds, seed, font=font)), f"rendered ({font.name})"
 
 
+DEMO_OUTPUT = "imgen_demo.wav"
+
+
 def cmd_demo(args) -> int:
     from .audio import write_audio
     from .sampling import Sampling
     from .tiny import tiny_editor
     out = Path(args.output)
     if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        if args.output != DEMO_OUTPUT:
+            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        out = next(p for n in range(2, 10_000) if not (p := out.with_name(f"{out.stem}_{n}{out.suffix}")).exists())
+        print(f"imgen demo: {args.output} is there already (an earlier run's); writing {out}", file=sys.stderr)
     print("imgen demo: an offline self-check with a TINY RANDOM model. It runs the whole pipeline\n"
           "(resample, EnCodec, T5, fused LM with guidance, decode) but random weights make noise,\n"
           "not music. For real edits see `imgen edit --help` and the README.", file=sys.stderr)
@@ -479,6 +492,7 @@ def cmd_eval(args) -> int:
     from .editor import Editor
     from .evaluate import RESULT_FILES, EvalSettings, check_midi, evaluate, markdown
     from .files import check_writable_folder
+    from .metrics import require_torchmetrics
     skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
     if any(m not in eval_models.METRIC_MODELS for m in skip):
         raise ValueError(f"--skip takes a comma-separated list of {', '.join(eval_models.METRIC_MODELS)}; "
@@ -489,6 +503,7 @@ def cmd_eval(args) -> int:
                             **({} if args.threads is None else {"threads": args.threads}))
     batch = _batch_option(args.batch)
     songs = read_songs(args.layout, args.data)  # a wrong folder is said before any model loads
+    require_torchmetrics()  # every clip's SSIM needs it: said now, not after the first edit
     out = Path(args.out)
     _check_model_settings(args, settings.sampling)
     check_writable_folder(out)
@@ -501,8 +516,9 @@ def cmd_eval(args) -> int:
     rank, size = ranks.world()
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
     wanted = [m for m in eval_models.METRIC_MODELS if m not in skip]
+    skipped = {m: "--skip" for m in skip}
     models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
-                              offline=bool(args.offline), report=report, hints=HINTS)
+                              offline=bool(args.offline), report=report, hints=HINTS, skipped=skipped)
     if "notes" in models:
         check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
@@ -512,10 +528,11 @@ def cmd_eval(args) -> int:
     settings = dataclasses.replace(settings, batch=batch)
     report(f"clips decoded together: up to {batch} (those with one instruction)")
     summary = evaluate(editor, settings, models, keep_audio=not args.no_audio, songs=songs,
-                       progress=_progress_bar(f"clips (process {rank})" if size > 1 else "clips", unit="clip"))
+                       progress=_progress_bar(f"clips (process {rank})" if size > 1 else "clips", unit="clip"),
+                       skipped=skipped)
     ranks.leave()
     if summary is not None:
-        print(markdown(summary), end="")
+        print(markdown(summary, skipped), end="")
         report(f"wrote {out}/clips.csv, clips.jsonl, summary.json, summary.md")
     return 0
 
@@ -543,9 +560,9 @@ def parser() -> argparse.ArgumentParser:
                    "folder, an output folder: each file keeps its name there, outputs already written are skipped "
                    "(rerun to continue after an interruption)")
     e.add_argument("--render", default="auto", choices=RENDER_MODES,
-                   help="preserve: the edit applied to the original at its own rate and channels, all it did not "
-                   "ask to change kept (default for add, remove, extract); model: the model's 32 kHz mono output "
-                   "(default for a free-text instruction)")
+                   help="auto (default): preserve for --op add, remove or extract, model for a free-text "
+                   "--instruction. preserve: the edit applied to the original at its own rate and channels, all it "
+                   "did not ask to change kept; model: the model's 32 kHz mono output")
     e.add_argument("--start", type=float, help="edit only from this second on (default: the start)")
     e.add_argument("--end", type=float, help="edit only up to this second (default: the end); outside the range "
                    "and its fades every sample is the input's")
@@ -599,8 +616,9 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("eval", help="the paper's evaluation on the test songs of a stem dataset", epilog=EPILOG,
                        description="Build one 5 s test triplet per song and operation (the training rules, "
                                    "seeded), edit each, and score it: SSIM of 16 kHz mel spectrograms, SI-SDR and "
-                                   "SI-SDRi (remove, extract), CLAP score, FAD (VGGish) and KL (PANNs) when their "
-                                   "models can be had (the eval extra: pip install '.[eval]' in the project), and note "
+                                   "SI-SDRi (remove, extract) (these need torchmetrics), CLAP score, FAD (VGGish) and "
+                                   "KL (PANNs) when their models can be had (all from the eval extra: pip install "
+                                   "'.[eval]' in the project; summary.md says which were not computed), and note "
                                    "precision, recall and F1 against the stems' MIDI (Slakh layout) when basic-pitch's "
                                    "note model can run (pip install --no-deps basic-pitch onnxruntime mir_eval "
                                    "mido). Writes per-clip "
@@ -667,7 +685,8 @@ def parser() -> argparse.ArgumentParser:
     dl.set_defaults(func=cmd_download)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
-    d.add_argument("-o", "--output", default="imgen_demo.wav", help="output WAV (default imgen_demo.wav)")
+    d.add_argument("-o", "--output", default=DEMO_OUTPUT, help=f"output WAV (default {DEMO_OUTPUT}; when it is there "
+                   "already, the next free imgen_demo_N.wav)")
     d.add_argument("--seconds", type=float, default=2.0, help="length of the synthesized clip (default 2)")
     d.add_argument("--seed", type=int, default=Sampling().seed)
     d.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -43,11 +44,13 @@ class Codec:
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.model.decode(codes[None].to(self.device), [None]).audio_values.float()
 
-    def encode(self, wav: torch.Tensor, chunk_frames: int = 500, margin_frames: int = 50) -> torch.Tensor:
+    def encode(self, wav: torch.Tensor, chunk_frames: int = 500, margin_frames: int = 50,
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Waveform [B, 1, T] at `sample_rate` -> codes [B, K, ceil(T / hop)] (int64), on CPU.
 
         Long audio is encoded in chunks with `margin_frames` of context on each side, of which
-        only the centre is kept, so memory does not grow with the length."""
+        only the centre is kept, so memory does not grow with the length. `progress(frames done,
+        frames)` after each chunk."""
         if wav.dim() != 3 or wav.shape[1] != 1:
             raise ValueError(f"EnCodec takes mono audio [batch, 1, samples], got {list(wav.shape)}")
         total = self.frames_for(wav.shape[-1])
@@ -60,6 +63,8 @@ class Codec:
                 piece = torch.nn.functional.pad(piece, (0, (hi - lo) * self.hop - piece.shape[-1]))
             codes = self._encode(piece)
             out.append(codes[..., first - lo:first - lo + last - first].cpu())
+            if progress is not None:
+                progress(last, total)
         return torch.cat(out, dim=-1)
 
     def decode(self, codes: torch.Tensor, chunk_frames: int = 500, overlap_frames: int = 25) -> torch.Tensor:

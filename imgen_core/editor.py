@@ -81,11 +81,12 @@ class Editor:
             raise instructions.InstructionError("give an operation and a stem, or a free-text instruction")
         return instructions.phrase(operation, stem, self.dialect, self.stems)
 
-    def encode(self, wav, sample_rate: int) -> Take:
-        """Waveform [T], [C, T] or [B, C, T] at any rate, of any length -> a take of its codes."""
+    def encode(self, wav, sample_rate: int, progress: Callable[[int, int], None] | None = None) -> Take:
+        """Waveform [T], [C, T] or [B, C, T] at any rate, of any length -> a take of its codes.
+        `progress(frames done, frames)` as EnCodec goes through it."""
         original = as_batch(wav)
         audio, source = to_model_audio(original, sample_rate, self.sample_rate)
-        codes = self.codec.encode(audio)
+        codes = self.codec.encode(audio, progress=progress)
         return Take(codes, source, original, codes, self.frame_rate)
 
     def text_condition(self, texts: list[str]) -> torch.Tensor:

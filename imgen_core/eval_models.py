@@ -24,8 +24,13 @@ class Unavailable(Exception):
     """A metric's model cannot be used here; the message says why and how to get it."""
 
 
+EVAL_EXTRA = "pip install '.[eval]' in the project"
+
+
 def _why(e: Exception) -> str:
-    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+    """The error in one line of at most about 200 characters, cut between words and marked so."""
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..."
 
 
 class Clap:
@@ -35,7 +40,7 @@ class Clap:
         try:
             import laion_clap
         except Exception as e:  # noqa: BLE001 - any import failure means: not available
-            raise Unavailable(f"laion_clap cannot be imported ({_why(e)}); pip install laion-clap") from None
+            raise Unavailable(f"laion_clap cannot be imported ({_why(e)}); {EVAL_EXTRA} (it brings laion-clap)") from None
         if checkpoint is None:
             from huggingface_hub import hf_hub_download
             try:
@@ -66,8 +71,7 @@ def _fad_model(name: str):
     try:
         from frechet_audio_distance import FrechetAudioDistance
     except Exception as e:  # noqa: BLE001
-        raise Unavailable(f"frechet_audio_distance cannot be imported ({_why(e)}); "
-                          f"pip install frechet-audio-distance") from None
+        raise Unavailable(f"frechet_audio_distance cannot be imported ({_why(e)}); {EVAL_EXTRA}") from None
     try:
         try:
             fad = FrechetAudioDistance(model_name=name, sample_rate=16000, use_pca=False, use_activation=False)
@@ -119,10 +123,10 @@ def _note_model():
 
 
 def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bool = False,
-         report=print, hints: dict[str, str] | None = None) -> dict:
+         report=print, hints: dict[str, str] | None = None, skipped: dict | None = None) -> dict:
     """The models for the metrics `names` (among METRIC_MODELS) that can be had: {name: model};
     one line through `report` for each that cannot, with the caller's hint for the setting at
-    fault (`hints`: setting -> text) where there is one."""
+    fault (`hints`: setting -> text) where there is one, and its reason in `skipped`."""
     loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns,
                "notes": _note_model}
     models = {}
@@ -132,4 +136,6 @@ def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bo
         except Unavailable as e:
             hint = (hints or {}).get(setting_of(e))
             report(f"{name.upper()} skipped: {e}" + (f" ({hint})" if hint else ""))
+            if skipped is not None:
+                skipped[name] = str(e)
     return models

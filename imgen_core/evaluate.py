@@ -190,7 +190,15 @@ def summarise(rows: list[dict], frames: dict[str, dict]) -> list[dict]:
     return out
 
 
-def markdown(summary: list[dict]) -> str:
+def markdown(summary: list[dict], skipped: dict[str, str] | None = None) -> str:
+    """The summary as a table, and the metrics not computed with why (`skipped`: name -> reason)."""
+    text = _table(summary)
+    if skipped:
+        text += "\nNot computed: " + "; ".join(f"{name.upper()} ({why})" for name, why in sorted(skipped.items())) + "\n"
+    return text
+
+
+def _table(summary: list[dict]) -> str:
     names = [n for n in ("clips", "fad", "clap", "kl_softmax", "kl_sigmoid", "ssim", "si_sdr", "si_sdri", *NOTES)
              if any(n in e for e in summary)]
     lines = ["| operation | stem | " + " | ".join(names) + " |", "|---|---|" + "---:|" * len(names)]
@@ -200,7 +208,7 @@ def markdown(summary: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(out: Path, rows: list[dict], summary: list[dict]):
+def write_results(out: Path, rows: list[dict], summary: list[dict], skipped: dict[str, str] | None = None):
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -209,18 +217,19 @@ def write_results(out: Path, rows: list[dict], summary: list[dict]):
     texts = {"clips.csv": table.getvalue(),
              "clips.jsonl": "".join(json.dumps(r) + "\n" for r in rows),
              "summary.json": json.dumps(summary, indent=1) + "\n",
-             "summary.md": markdown(summary)}
+             "summary.md": markdown(summary, skipped)}
     for name, text in texts.items():
         with replacing(out / name) as f:
             f.write(text.encode())
 
 
 def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool = True, songs=None,
-             progress: Callable[[int, int], None] | None = None) -> list[dict] | None:
+             progress: Callable[[int, int], None] | None = None,
+             skipped: dict[str, str] | None = None) -> list[dict] | None:
     """Run the evaluation; this process scores its share of the clips, with `settings.threads` CPU
     threads. On rank 0: every clip's row gathered, the results written, and the summary
     returned; elsewhere None. `songs`: the dataset as `data.read_songs` returns it, when already
-    read."""
+    read. `skipped`: the metrics not computed and why, for summary.md."""
     classes = [c.lower() for c in (settings.classes or editor.stems)]
     clips = list(enumerate(clip_list(settings, classes, songs)))
     # batches of clips in the list's order; the processes take whole batches
@@ -247,5 +256,5 @@ def evaluate(editor, settings: EvalSettings, models: dict, *, keep_audio: bool =
     rows = [row for _, row in sorted(r for part, _ in everything for r in part)]
     frames = {k: v for _, part in everything for k, v in part.items()}
     summary = summarise(rows, frames)
-    write_results(out, rows, summary)
+    write_results(out, rows, summary, skipped)
     return summary

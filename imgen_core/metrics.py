@@ -28,12 +28,21 @@ def at_eval_rate(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
     return resample(wav, sample_rate, EVAL_RATE)
 
 
+def require_torchmetrics():
+    """Refuse, before any work, an evaluation whose every clip would need torchmetrics."""
+    try:
+        _torchmetrics()
+    except ImportError as e:
+        raise ValueError(str(e)) from None
+
+
 def _torchmetrics():
     """torchmetrics' audio and image functions, imported when first used."""
     try:
         from torchmetrics.functional import audio, image
     except ImportError:
-        raise ImportError("SSIM and SI-SDR need torchmetrics: pip install torchmetrics") from None
+        raise ImportError("SSIM and SI-SDR need torchmetrics, which the eval extra installs: pip install '.[eval]' "
+                          "in the project (or pip install torchmetrics)") from None
     return audio, image
 
 

@@ -16,6 +16,7 @@ from .adapter_file import adapter_metadata, expected_adapter_shapes, expected_lm
 from .checkpoints import CheckpointError, brief, check_sizes, check_tensors, refuse_hollow
 from .config import FusionConfig, LMConfig
 from .errors import about
+from .files import check_writable_folder
 from .safe_pickle import safe_load
 
 # The globals that the official training code pickles besides tensors and plain containers.
@@ -174,8 +175,7 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
         raise FileExistsError(f"{dst} is a folder; name the adapter file to write (for example {dst / 'adapter.safetensors'})")
     if dst.exists() and not overwrite:
         raise about(FileExistsError(f"{dst} already exists; it is replaced only when asked (overwrite)"), "overwrite")
-    if not dst.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {dst.parent}")
+    check_writable_folder(dst.parent)  # created, when missing, as the file is written
     stems = list(stems) if stems else default_stems(dialect)
     fusion, tensors, info = read_official_checkpoint(src)
     lm_config = base_config() if base_config is not None and holds_lm(info["state"]) else None
@@ -191,5 +191,6 @@ def convert_official(src, dst, base_model: str = "facebook/musicgen-large", dial
         tensors.update((k, narrowest(v)) for k, v in lm.items())
     meta = adapter_metadata(fusion, info["lm_layers"], info["lm_dim"], base_model, dialect, stems,
                             source=Path(src).name, lm_config=lm_config)
+    dst.parent.mkdir(parents=True, exist_ok=True)
     write_safetensors(tensors, dst, meta, progress)
     return meta

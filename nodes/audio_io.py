@@ -65,6 +65,7 @@ class InstructMusicGenLoadAudio:
                 h.update(chunk)
         return f"{h.hexdigest()}:{start}:{duration}"
 
+    @comfy_glue.plain_errors
     def load(self, audio, start, duration, **_player):
         for name, value in (("start", start), ("duration", duration)):
             if not (math.isfinite(value) and value >= 0):  # NaN passes ComfyUI's min/max checks
@@ -97,6 +98,7 @@ class InstructMusicGenSaveAudio:
                                            "tooltip": "File name prefix, may include a sub-folder."}),
         }, "optional": PLAYER}
 
+    @comfy_glue.plain_errors
     def save(self, audio, filename_prefix, **_player):
         folder, name, counter, subfolder, _ = comfy_glue.save_path(filename_prefix)
         results = []

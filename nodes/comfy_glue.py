@@ -3,6 +3,7 @@ Written against ComfyUI's public module functions, which older versions also hav
 keyword arguments, hence the fallbacks)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -154,3 +155,22 @@ def output_directory() -> str:
 def save_path(prefix: str):
     import folder_paths
     return folder_paths.get_save_image_path(prefix, output_directory())
+
+
+def plain_errors(function):
+    """A node function whose errors from this pack reach ComfyUI as the built-in type they derive
+    from (ValueError, FileNotFoundError, ...) with the same message. ComfyUI names an exception by
+    its module, and this pack's modules live under the server's custom_nodes path: its error
+    panel would show that path before the message, where core errors read "ValueError"."""
+    package = __name__.rsplit(".", 2)[0]  # the pack, under whatever name ComfyUI imported it
+
+    @functools.wraps(function)
+    def run(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except Exception as e:
+            if not type(e).__module__.startswith(package + "."):
+                raise
+            builtin = next(c for c in type(e).__mro__ if c.__module__ == "builtins")
+            raise builtin(str(e)) from e
+    return run

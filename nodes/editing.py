@@ -34,12 +34,13 @@ class InstructMusicGenEncode:
             "audio": ("AUDIO", {"tooltip": "The music to edit."}),
         }}
 
+    @comfy_glue.plain_errors
     def encode(self, model, audio):
         wav, rate = audio["waveform"], int(audio["sample_rate"])
         # (the sizes only say how much room to ask for; encode checks the audio itself)
         batch, seconds = (wav.shape[0] if wav.dim() == 3 else 1), (wav.shape[-1] / rate if wav.dim() and rate > 0 else 0)
         editor = model.ready(batch, seconds=seconds)
-        return (editor.encode(wav, rate),)
+        return (editor.encode(wav, rate, progress=comfy_glue.progress_callback()),)
 
 
 class InstructMusicGenEdit:
@@ -90,6 +91,7 @@ class InstructMusicGenEdit:
                                        "tooltip": "Cross-fade at each end of the range."}),
         }}
 
+    @comfy_glue.plain_errors
     def edit(self, model, codes, operation, stem, seed, guidance, top_k, temperature, window_seconds,
              overlap_seconds, instruction="", start_seconds=0.0, end_seconds=0.0, fade_seconds=DEFAULT_FADE_SECONDS):
         for name, value in (("start_seconds", start_seconds), ("end_seconds", end_seconds),
@@ -133,7 +135,13 @@ class InstructMusicGenDecode:
                        "free-text instruction."}),
         }}
 
+    @comfy_glue.plain_errors
     def decode(self, model, codes, sample_rate="input", channels="input", render="auto"):
+        if not codes.operations and codes.render_mode(render) == "preserve":
+            # the input itself would come back: a graph missing its edit, not a result
+            raise ValueError("these tokens were not edited, so preserve rendering would give back the input "
+                             "unchanged: connect an Instruct Edit between Encode and Decode (or set render to "
+                             "model to hear EnCodec's reconstruction)")
         editor = model.ready(codes.codes.shape[0], seconds=codes.codes.shape[-1] / codes.frame_rate)
         try:
             # sample_rate and channels shape the model's output over the whole song; elsewhere the

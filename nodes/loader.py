@@ -176,6 +176,7 @@ class InstructMusicGenLoader:
             return True
         return f"'{adapter}' is not in the instruct_musicgen model folders; choose one of: {', '.join(choices[:8])}"
 
+    @comfy_glue.plain_errors
     def load(self, base, adapter, t5, encodec, dtype):
         progress = comfy_glue.staged_progress_callback("Instruct-MusicGen")
         files = weight_files(base, adapter, t5, encodec, progress)

@@ -245,10 +245,15 @@ class ComfyServer:
 
 def error_message(history: dict) -> str:
     """The exception message of a failed run, from its /history entry."""
+    return error_of(history).get("exception_message", "")
+
+
+def error_of(history: dict) -> dict:
+    """The execution error of a failed run (type, message, node...), from its /history entry."""
     for kind, data in history.get("status", {}).get("messages", []):
         if kind == "execution_error":
-            return data.get("exception_message", "")
-    return ""
+            return data
+    return {}
 
 
 def api_prompt(workflow_path: Path, object_info: dict, models=TINY) -> dict:

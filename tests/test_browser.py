@@ -212,6 +212,20 @@ def test_the_loader_node_shows_progress_while_it_loads(frontend, comfy_server, o
     assert steps and steps[-1][0] == steps[-1][1], steps
 
 
+def test_encode_shows_progress(frontend, comfy_server, object_info):
+    """EnCodec works through a long song in chunks; the Encode node's bar follows them to the end."""
+    frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
+    _choose_models(frontend, TINY)
+    _choose_audio(frontend, "long.wav")
+    encoder = next(str(n["id"]) for n in frontend.nodes() if n["type"] == "InstructMusicGenEncode")
+    prompt_id, _ = frontend.run()
+    assert comfy_server.wait(prompt_id)["status"]["status_str"] == "success"
+    frontend.page.wait_for_timeout(1000)
+    steps = [(m["data"]["value"], m["data"]["max"]) for m in frontend.messages
+             if m.get("type") == "progress" and str(m["data"].get("node")) == encoder]
+    assert len(steps) >= 2 and steps[-1] == (600, 600), steps  # 12 s at 50 frames/s, in chunks of 500
+
+
 def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(frontend, comfy_server, object_info):
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
     _choose_models(frontend, SLOW)
@@ -236,7 +250,8 @@ def test_broken_input_file_shows_one_line_not_a_traceback(frontend, comfy_server
     prompt_id, _ = frontend.run()
     history = comfy_server.wait(prompt_id)
     message = error_message(history)
-    assert message.startswith("cannot decode corrupt.wav") and "\n" not in message.strip(), message
+    assert message.startswith("corrupt.wav cannot be read as audio: its header is damaged") and \
+        "\n" not in message.strip(), message
     details = frontend.page.get_by_role("button", name="View details")
     try:  # newer frontends first show a toast; its button opens the issues panel
         details.first.click(timeout=5000)

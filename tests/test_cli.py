@@ -26,6 +26,39 @@ def test_demo_writes_a_32k_file_of_the_expected_length(tmp_path, capsys):
     assert sf.info(str(out)).frames == 48000
 
 
+def test_demo_run_again_writes_the_next_free_name(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--seconds", "0.5"]) == 0
+    first = (tmp_path / "imgen_demo.wav").read_bytes()
+    assert main(["demo", "--seconds", "0.5"]) == 0
+    assert "imgen_demo.wav is there already (an earlier run's); writing imgen_demo_2.wav" in capsys.readouterr().err
+    assert (tmp_path / "imgen_demo.wav").read_bytes() == first and (tmp_path / "imgen_demo_2.wav").is_file()
+
+
+def test_a_usage_error_exits_2_with_the_error_prefix(tmp_path, capsys):
+    assert main(["edit", str(tmp_path / "x.wav"), "-o", str(tmp_path / "y.wav")]) == 2
+    assert "imgen edit: error: give either --op and --stem, or --instruction" in capsys.readouterr().err
+
+
+def test_help_says_what_render_auto_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["edit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto (default): preserve for --op add, remove or extract, model for a free-text --instruction" in text
+
+
+def test_a_single_edit_and_a_conversion_create_a_missing_output_folder(tmp_path, tiny_files, stereo_wav):
+    from support import fixture_dir
+    out = tmp_path / "new" / "deeper" / "out.wav"
+    assert main(["edit", str(stereo_wav), "--op", "remove", "--stem", "drums", "-o", str(out),
+                 *tiny_args(tiny_files)]) == 0
+    assert sf.info(str(out)).frames > 0
+    converted = tmp_path / "models" / "adapter.safetensors"
+    ckpt = fixture_dir("instruct_musicgen_tiny") / "instruct_checkpoint.ckpt"
+    assert main(["convert", str(ckpt), "-o", str(converted), "--adapter-only"]) == 0
+    assert converted.is_file()
+
+
 def test_demo_says_plainly_that_random_weights_give_noise(tmp_path, capsys):
     main(["demo", "-o", str(tmp_path / "d.wav"), "--seconds", "0.5"])
     err = " ".join(capsys.readouterr().err.split())
@@ -97,7 +130,9 @@ def test_cli_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
     garbage = tmp_path / "garbage.wav"
     garbage.write_bytes(b"not audio at all" * 10)
     assert main(["edit", str(garbage), "--op", "add", "--stem", "bass", "-o", str(out), *tiny_args(tiny_files)]) == 2
-    assert "cannot decode" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "garbage.wav cannot be read as audio: its header is damaged, or it is not an audio file" in err
+    assert "does not exist" not in err
     assert not out.exists()
 
 
@@ -268,8 +303,10 @@ def test_output_and_option_errors_come_before_the_model_loads(tmp_path, tiny_fil
         unwritable.mkdir()
         unwritable.chmod(0o555)
     out = str(tmp_path / "out.wav")
-    cases = [(["-o", str(tmp_path / "missing" / "out.wav")], "output folder does not exist"),
-             (["-o", str(unwritable / "out.wav")], "output folder is not writable"),
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where a folder would go")
+    cases = [(["-o", str(blocked / "out.wav")], "is a file, so"),
+             (["-o", str(unwritable / "out.wav")], "folder is not writable"),
              (["-o", str(tmp_path / "out.mp3")], "unsupported output extension '.mp3'"),
              (["-o", out, "--render", "model", "--rate", "3"], "--rate takes model, input or a number of Hz"),
              (["-o", out, "--stem", "vocals"], "unknown stem 'vocals' for this checkpoint"),
@@ -300,9 +337,17 @@ def test_a_folder_edited_into_itself_continues_on_rerun(tmp_path, tiny_files, ca
     assert capsys.readouterr().err.count("wrote ") == 2
     results = {p.name: p.read_bytes() for p in songs.glob("*.wav")}
     assert sorted(results) == ["s0.wav", "s1.wav"]
-    assert main(args) == 0
+    from imgen_core.editor import Editor
+    loads = []
+    real = Editor.from_pretrained
+    Editor.from_pretrained = lambda *a, **k: loads.append(1) or real(*a, **k)
+    try:
+        assert main(args) == 0
+    finally:
+        Editor.from_pretrained = real
     err = capsys.readouterr().err
-    assert "2 of 2 outputs are already there" in err and "wrote " not in err
+    assert "all 2 outputs are already there (finished earlier): nothing to do" in err and "wrote " not in err
+    assert loads == [] and "files" not in err  # checked before the model loads; no empty progress bar
     assert {p.name: p.read_bytes() for p in songs.glob("*.wav")} == results
     sf.write(str(songs / "s2.aiff"), tone(1.0, 32000, freq=440.0, level=0.3).numpy().T, 32000)
     sf.write(str(songs / "s2.wav"), tone(1.0, 32000, freq=550.0, level=0.3).numpy().T, 32000)  # the user's
@@ -311,6 +356,18 @@ def test_a_folder_edited_into_itself_continues_on_rerun(tmp_path, tiny_files, ca
         assert main([*args, *extra]) == 2
         assert "would both be written to" in capsys.readouterr().err
     assert (songs / "s2.wav").read_bytes() == mine
+
+
+def test_a_folder_with_subfolders_says_they_are_not_edited(tmp_path, tiny_files, capsys):
+    songs = tmp_path / "songs"
+    (songs / "live").mkdir(parents=True)
+    sf.write(str(songs / "a.wav"), tone(1.0, 32000, freq=200.0, level=0.3).numpy().T, 32000)
+    sf.write(str(songs / "live" / "b.wav"), tone(1.0, 32000, freq=300.0, level=0.3).numpy().T, 32000)
+    assert main(["edit", str(songs), "-o", str(tmp_path / "out"), "--op", "remove", "--stem", "drums", "--window",
+                 "1.0", "--overlap", "0.5", *tiny_args(tiny_files)]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {songs / 'live'} is a subfolder: only the files directly in the folders named are edited" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.wav"]
 
 
 def _edit_folder(tiny_files, src, out, batch, processes=1):

@@ -6,7 +6,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from comfyui_harness import (CLIP_SECONDS, INPUT_RATES, REPO, ROOMY, SLOW, SONG_SECONDS, api_prompt,
+from comfyui_harness import (CLIP_SECONDS, error_of, INPUT_RATES, REPO, ROOMY, SLOW, SONG_SECONDS, api_prompt,
                              error_message)
 
 NODE_IDS = ["InstructMusicGenLoader", "InstructMusicGenLoadAudio", "InstructMusicGenEncode",
@@ -221,12 +221,31 @@ def test_other_weights_replace_the_previous_ones(server, object_info):
     assert _load_count(server, 0) >= 2
 
 
+def test_encode_wired_straight_to_decode_says_the_edit_is_missing(server, object_info):
+    prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
+    edit = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenEdit")
+    encode = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenEncode")
+    decode = next(k for k, n in prompt.items() if n["class_type"] == "InstructMusicGenDecode")
+    del prompt[edit]
+    prompt[decode]["inputs"]["codes"] = [encode, 0]
+    history = server.wait(server.queue(prompt))
+    assert history["status"]["status_str"] == "error"
+    assert "connect an Instruct Edit between Encode and Decode" in error_message(history)
+    prompt[decode]["inputs"]["render"] = "model"  # EnCodec's reconstruction, asked for: allowed
+    assert server.wait(server.queue(prompt))["status"]["status_str"] == "success"
+
+
 def test_bad_input_file_reports_our_message_and_server_recovers(server, object_info):
     prompt = api_prompt(REPO / "workflows" / "Remove a stem.json", object_info)
     _set_input_file(prompt, "corrupt.wav")
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
-    assert "cannot decode" in error_message(history)
+    message = error_message(history)
+    assert message.startswith("corrupt.wav cannot be read as audio: its header is damaged, or it is not an audio "
+                              "file. Readable: WAV, FLAC"), message
+    assert "does not exist" not in message and len(message) < 200
+    # named as core errors are: the built-in type, not the pack's module under the server's path
+    assert error_of(history)["exception_type"] == "ValueError"
     _set_input_file(prompt, "../outside.wav")
     refused = server.post("/prompt", {"prompt": prompt})
     assert "outside the input folder" in json.dumps(refused) or "not found" in json.dumps(refused)

@@ -286,3 +286,32 @@ def test_a_bad_midi_file_is_refused_before_the_model_loads(tmp_path, tiny_files,
                  *tiny_args(tiny_files)]) == 2
     err = capsys.readouterr().err
     assert "unreadable MIDI file" in err and "Track00000/MIDI/S01.mid" in err, err
+
+
+def test_without_torchmetrics_eval_stops_before_anything_with_the_install_command(tmp_path, tiny_files, capsys,
+                                                                                  monkeypatch):
+    from imgen_core.cli import main
+    from imgen_core.editor import Editor
+    data = make_slakh(tmp_path / "data", songs=1, kinds=("Drums", "Bass"), seconds=1.0)
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)  # a plain `pip install .`
+    monkeypatch.setitem(sys.modules, "torchmetrics.functional", None)
+    monkeypatch.setattr(Editor, "from_pretrained", classmethod(lambda *a, **k: pytest.fail("the model loaded first")))
+    assert main(["eval", "--data", str(data), "--layout", "slakh", "--out", str(tmp_path / "o"),
+                 *tiny_args(tiny_files)]) == 2
+    err = capsys.readouterr().err
+    assert "SSIM and SI-SDR need torchmetrics, which the eval extra installs: pip install '.[eval]'" in err, err
+    assert not (tmp_path / "o").exists()  # nothing half-written to block a rerun
+
+
+def test_skip_lines_are_whole_and_summary_md_says_what_was_not_computed(tmp_path, monkeypatch):
+    from imgen_core import eval_models
+    from imgen_core.evaluate import markdown
+    monkeypatch.setitem(sys.modules, "laion_clap", None)
+    skipped, lines = {"kl": "--skip"}, []
+    eval_models.load(["clap"], offline=True, report=lines.append, skipped=skipped)
+    assert lines[0].startswith("CLAP skipped: laion_clap cannot be imported") and \
+        lines[0].endswith("pip install '.[eval]' in the project (it brings laion-clap)"), lines
+    long = eval_models._why(RuntimeError("word " * 100))
+    assert len(long) <= 210 and long.endswith(" ...") and not long.endswith("wo ...")
+    text = markdown([{"operation": "add", "target": "bass", "clips": 2, "ssim": 0.5}], skipped)
+    assert "Not computed: CLAP (laion_clap cannot be imported" in text and "KL (--skip)" in text
