@@ -5,6 +5,7 @@ All conversion happens here: channels are averaged to mono, the rate is changed 
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,17 +274,35 @@ def written_by_us(path: str | os.PathLike) -> bool:
         return False
 
 
+# Where a result beyond full scale is brought: the largest 16-bit value, so that no format clips it.
+FULL_SCALE = 1 - 2 ** -15
+
+
+def fit_full_scale(wav: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """`wav` as it is when no sample is beyond full scale (|x| <= 1); otherwise scaled down, all of
+    it by one gain, so that its peak is at full scale, with that gain in dB. An edit that adds a
+    stem can sum past full scale: clipping would distort it, a limiter would change what the user
+    did not ask to change, float output would leave it to players that clip; one gain keeps the
+    balance and the transients, and the caller says how much it was."""
+    peak = float(wav.abs().max()) if wav.numel() else 0.0
+    if peak <= 1.0:
+        return wav, None
+    return wav * (FULL_SCALE / peak), 20 * math.log10(peak / FULL_SCALE)
+
+
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False,
-                like: Recording | None = None):
+                like: Recording | None = None) -> float | None:
     """Write [C, T] (or [T]) as WAV, FLAC or OGG (by extension); never replaces a file unless asked.
     16-bit by default; with `like` (the input as read), in its sample type when the format allows
     it, and every sample whose value is the input's (same rate, channels and position) is written
-    exactly as the input stored it. Tagged as written by this software. Written through
-    `files.replacing` (a fresh temporary file, renamed into place when complete)."""
+    exactly as the input stored it. A signal beyond full scale is brought to it by one gain
+    (`fit_full_scale`), never clipped: returns that gain in dB (None when none was needed).
+    Tagged as written by this software. Written through `files.replacing` (a fresh temporary
+    file, renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
     check_output(path, overwrite)
-    wav = wav.detach().float().cpu()
+    wav, gain_db = fit_full_scale(wav.detach().float().cpu())
     if wav.dim() == 1:
         wav = wav[None]
     fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG")))[path.suffix.lower()]
@@ -310,3 +329,4 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
                 same = values == like.wav[:, a:a + CHUNK].numpy().T
                 data[same] = like.native[a:a + CHUNK][same]
             out.write(data)
+    return gain_db

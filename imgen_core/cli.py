@@ -175,9 +175,9 @@ def cmd_edit(args) -> int:
         result, out_rate = editor.edit_audio(rec.wav, rec.sample_rate, text, sampling, render=args.render,
                                              start=args.start, end=args.end, fade=args.fade, rate=rate,
                                              channels=args.channels, progress=progress)
-        write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
+        gain = write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
         return (f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} channel(s)) "
-                f"in {time.perf_counter() - start:.1f} s")
+                f"in {time.perf_counter() - start:.1f} s{_quieter(gain)}")
 
     if not many:
         with ranks.fixed_threads(args.threads) if args.threads else contextlib.nullcontext():
@@ -220,9 +220,9 @@ def cmd_edit(args) -> int:
         for (src, dst, rec), take in zip(kept, edited):
             try:
                 result, out_rate = editor.render(take, args.render, rate=rate, channels=args.channels)
-                write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
+                gain = write_audio(dst, result[0], out_rate, overwrite=args.overwrite, like=rec)
                 report(src, f"wrote {dst} ({result.shape[-1] / out_rate:.2f} s, {out_rate} Hz, {result.shape[1]} "
-                            f"channel(s)); {len(takes)} song(s) in {time.perf_counter() - start:.1f} s")
+                            f"channel(s)); {len(takes)} song(s) in {time.perf_counter() - start:.1f} s{_quieter(gain)}")
             except (FileNotFoundError, FileExistsError, AudioError, ValueError) as e:
                 report(src, e)
 
@@ -237,6 +237,12 @@ def cmd_edit(args) -> int:
 
 
 AUTO_BATCH = 8  # songs decoded together at most when chosen from the device's memory
+
+
+def _quieter(gain_db: float | None) -> str:
+    """What `write_audio` did to a result that went past full scale, for the line saying it was written."""
+    return "" if gain_db is None else (f"; it peaked {gain_db:.1f} dB over full scale, so all of it was written "
+                                       f"{gain_db:.1f} dB quieter: nothing clipped")
 
 
 def _batch_option(value: str):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 
+from ..imgen_core.audio import fit_full_scale
 from ..imgen_core.errors import setting_of
-from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS
+from ..imgen_core.instructions import DIALECTS, OPERATIONS, SLAKH_ALL_STEMS, default_stems
 from ..imgen_core.render import RENDER_MODES
 from ..imgen_core.sampling import Sampling
 from ..imgen_core.take import DEFAULT_FADE_SECONDS
@@ -14,7 +15,11 @@ from .loader import CATEGORY, MODEL_TYPE
 # What travels between Encode, Instruct Edit and Decode: an imgen_core Take (the codes, and what
 # rendering needs of the input they came from and of the edits made).
 CODES_TYPE = "IMGEN_CODES"
-ALL_STEMS = list(dict.fromkeys(list(SLAKH_ALL_STEMS) + [s for d in DIALECTS.values() for s in d["stems"]]))
+RELEASED_STEMS = default_stems("slakh")  # what the released checkpoint was trained on
+OTHER_STEM = " (other checkpoints)"
+# the released checkpoint's stems first, then those other checkpoints may know, marked as such
+STEM_CHOICES = list(RELEASED_STEMS) + [s + OTHER_STEM for s in dict.fromkeys(
+    list(SLAKH_ALL_STEMS) + [s for d in DIALECTS.values() for s in d["stems"]]) if s not in RELEASED_STEMS]
 SAMPLING = Sampling()
 
 
@@ -59,8 +64,10 @@ class InstructMusicGenEdit:
             "codes": (CODES_TYPE, {"tooltip": "Tokens from Encode or from another Instruct Edit."}),
             "operation": (list(OPERATIONS), {"default": "remove", "tooltip": "add: put the stem in; remove: take it "
                                              "out; extract: keep only the stem."}),
-            "stem": (ALL_STEMS, {"default": "drums", "tooltip": "The stem to act on. The released checkpoint knows "
-                                 "drums, bass, piano and guitar; others are refused with the valid list."}),
+            "stem": (STEM_CHOICES, {"default": "drums", "tooltip": "The stem to act on. The released checkpoint "
+                                    "knows drums, bass, piano and guitar (listed first); the others are for "
+                                    "checkpoints trained on them. A stem the loaded checkpoint does not know stops "
+                                    "the run at this node, before any generation, naming the stems it knows."}),
             "seed": ("INT", {"default": SAMPLING.seed, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
                              "control_after_generate": True,
                              "tooltip": "Random seed; the same seed gives the same result."}),
@@ -101,7 +108,7 @@ class InstructMusicGenEdit:
         sampling = Sampling(guidance=guidance, top_k=top_k, temperature=temperature, window_seconds=window_seconds,
                             overlap_seconds=overlap_seconds, seed=seed)
         editor = model.ready(codes.codes.shape[0], sampling)
-        text = editor.instruction(operation, stem, instruction.strip() or None)
+        text = editor.instruction(operation, stem.removesuffix(OTHER_STEM), instruction.strip() or None)
         ranged = start_seconds > 0 or end_seconds > 0  # both 0: the whole song
         span = {"start": start_seconds, "end": end_seconds or None, "fade": fade_seconds} if ranged else {}
         return (editor.edit(codes, text, sampling, progress=comfy_glue.progress_callback(), **span),)
@@ -153,4 +160,8 @@ class InstructMusicGenDecode:
             if setting_of(e) == "mode":
                 raise type(e)(f"{e}; set render to model") from None
             raise
-        return ({"waveform": wav.float().cpu().contiguous(), "sample_rate": rate},)
+        wav, gain = fit_full_scale(wav.float().cpu())  # savers clip what is beyond full scale
+        if gain is not None:
+            print(f"[Instruct-MusicGen] the result peaked {gain:.1f} dB over full scale: all of it made {gain:.1f} dB "
+                  f"quieter, so that saving it clips nothing", flush=True)
+        return ({"waveform": wav.contiguous(), "sample_rate": rate},)

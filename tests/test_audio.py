@@ -66,3 +66,28 @@ def test_clipping_and_dc_offset_are_handled():
     assert abs(audio.mean().item()) < 1e-4 and audio.abs().max() < 0.25
     with pytest.raises(AudioError, match="silent"):
         to_model_audio(torch.full((1, 32000), 0.5), 32000)  # DC alone carries nothing
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_a_result_beyond_full_scale_is_brought_down_by_one_gain_never_clipped(tmp_path, subtype):
+    """An added stem can sum past full scale (a float result peaked at 2.16): the file is written
+    by one gain at full scale, its shape kept; the gain is returned for the caller to say."""
+    import soundfile as sf
+    from imgen_core.audio import FULL_SCALE, read_recording, write_audio
+    source = tmp_path / "in.wav"
+    t = torch.arange(48000) / 48000
+    song = 0.9 * torch.sin(2 * math.pi * 220 * t)[None].repeat(2, 1)
+    sf.write(str(source), song.numpy().T, 48000, subtype=subtype)
+    rec = read_recording(source)
+    louder = rec.wav * 2.4  # peaks at 2.16
+    gain = write_audio(tmp_path / "out.wav", louder, 48000, like=rec)
+    assert gain == pytest.approx(20 * math.log10(2.16 / FULL_SCALE), abs=0.01)
+    written, _ = sf.read(str(tmp_path / "out.wav"), always_2d=True)
+    assert sf.info(str(tmp_path / "out.wav")).subtype == subtype  # the input's sample type
+    assert FULL_SCALE - 1e-4 <= abs(written).max() <= 1.0
+    loud = louder.abs() > 0.1
+    shape = torch.from_numpy(written.T).float()[loud] / louder[loud]
+    assert float(shape.std()) < 1e-3  # one gain for every sample, the crests too: nothing clipped
+    # within full scale nothing changes, a sample at -1 of a 16-bit input included
+    assert write_audio(tmp_path / "same.wav", rec.wav, 48000, like=rec) is None
+    assert (tmp_path / "same.wav").read_bytes()[-1000:] == source.read_bytes()[-1000:]

@@ -276,9 +276,11 @@ def test_unknown_stem_for_the_checkpoint_is_a_readable_error(server, object_info
     prompt = api_prompt(REPO / "workflows" / "Add a stem.json", object_info)
     for node in prompt.values():
         if node["class_type"] == "InstructMusicGenEdit":
-            node["inputs"]["stem"] = "organ"
+            node["inputs"]["stem"] = "organ (other checkpoints)"
     history = server.wait(server.queue(prompt))
+    assert "unknown stem 'organ' for this checkpoint" in error_message(history)
     assert "valid stems: drums, bass, piano, guitar" in error_message(history)
+    assert error_of(history)["node_type"] == "InstructMusicGenEdit"  # at the edit, before any generation
 
 
 def test_interrupt_stops_a_long_edit_within_seconds(server, object_info):

@@ -135,3 +135,10 @@ def test_a_dynamic_model_patcher_is_refused(pack, monkeypatch):
     monkeypatch.setitem(sys.modules, "comfy.model_management", comfy.model_management)
     with pytest.raises(RuntimeError, match="dynamic ModelPatcher.*--disable-dynamic-vram"):
         glue.make_patcher(torch.nn.Linear(2, 2))
+
+
+def test_the_stem_list_puts_the_released_checkpoints_stems_first_and_marks_the_others(pack):
+    stems = pack.NODE_CLASS_MAPPINGS["InstructMusicGenEdit"].INPUT_TYPES()["required"]["stem"][0]
+    assert stems[:4] == ["drums", "bass", "piano", "guitar"]
+    assert len(stems) > 4 and all(s.endswith(" (other checkpoints)") for s in stems[4:])
+    assert "strings (other checkpoints)" in stems
