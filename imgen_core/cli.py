@@ -475,8 +475,9 @@ def cmd_make_dataset(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, check_run_folder, drop_log_after
     cfg = TrainConfig.from_file(args.config)
+    done = 0 if args.encode_only else check_run_folder(cfg.out_dir, args.resume, args.overwrite)
     trainer = Trainer(cfg)
     if args.resume:
         print(f"resumed at step {trainer.resume(args.resume)}", file=sys.stderr)
@@ -484,7 +485,11 @@ def cmd_train(args) -> int:
         n = trainer.precompute(_progress_bar("encoding"))
         print(f"encoded {n} samples into {cfg.cache_dir}", file=sys.stderr)
     else:
-        trainer.fit()
+        if done > trainer.step and trainer.rank == 0:  # asked for (--overwrite): the later steps are replaced
+            drop_log_after(cfg.out_dir, trainer.step)
+            print(f"the log's steps after {trainer.step} (up to {done}) are dropped; they are trained again",
+                  file=sys.stderr)
+        trainer.fit(progress=_progress_bar("training", unit="step") if trainer.rank == 0 else None)
         if trainer.rank == 0:
             print(f"wrote {cfg.out_dir}/adapter.safetensors", file=sys.stderr)
     trainer.close()  # on success only: after a failure on one rank, a barrier would wait for ever
@@ -615,6 +620,8 @@ def parser() -> argparse.ArgumentParser:
                                    "Several GPUs or processes: torchrun --nproc_per_node N -m imgen_core.cli train ...")
     t.add_argument("--config", required=True, help="training config (.yaml or .json)")
     t.add_argument("--resume", help="a step_N checkpoint folder to continue from")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace what an earlier run wrote in out_dir past the step this run starts from")
     t.add_argument("--encode-only", action="store_true",
                    help="only the pre-encoding pass: store the EnCodec codes of every sample in cache_dir")
     t.set_defaults(func=cmd_train)

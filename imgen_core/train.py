@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,7 +29,8 @@ from .audio import write_audio
 from .data import READERS, SAMPLE_RATE, TripletDataset, read_songs
 from .editor import Editor
 from .feed import TripletFeed
-from .files import append_line, check_writable_folder
+from .errors import about
+from .files import append_line, check_writable_folder, replacing
 from .instructions import DIALECTS, OPERATIONS, default_stems
 from .loader import NewAdapter
 from .sampling import Sampling
@@ -304,6 +306,57 @@ class Trainer:
         self.step = train_state.resume(folder, self.model, self.optimizer, self.scheduler, self.scaler, self.device)
         self.feed.restart()
         return self.step
+
+
+def step_of(folder) -> int | None:
+    """The step a `step_N` checkpoint folder holds, from its name (None for another name)."""
+    m = re.fullmatch(r"step_(\d+)", Path(folder).name)
+    return int(m.group(1)) if m else None
+
+
+def last_step_in(out) -> int:
+    """The last step an earlier run recorded in the run folder `out` (its log's rows and its
+    `step_N` folders); 0 when there is none."""
+    out = Path(out)
+    steps = [step_of(p) or 0 for p in out.glob("step_*") if p.is_dir()] if out.is_dir() else []
+    log = out / "log.jsonl"
+    if log.is_file():
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                steps.append(int(json.loads(line).get("step", 0)))
+            except (ValueError, TypeError, AttributeError):
+                continue
+    return max(steps, default=0)
+
+
+def check_run_folder(out, resume=None, overwrite: bool = False) -> int:
+    """Refuse, before anything loads, a run that would write over steps an earlier run recorded
+    in `out`: a new run into a folder that holds one, or a resume from a step earlier than the
+    folder's last, unless `overwrite`. Returns that last step (0: none)."""
+    done, start = last_step_in(out), (step_of(resume) or 0) if resume else 0
+    if done > start and not overwrite:
+        how = f"resume from the latest (--resume {Path(out) / f'step_{done:07d}'})" if resume is None or \
+            (Path(out) / f"step_{done:07d}").is_dir() else "resume from its latest step"
+        raise about(FileExistsError(
+            f"{out} holds a run up to step {done}, past the step {start} this run starts from: {how}, choose "
+            f"another out_dir, or replace them"), "overwrite")
+    return done
+
+
+def drop_log_after(out, step: int):
+    """The run log without the rows past `step` (the steps a resume with overwrite replaces)."""
+    log = Path(out) / "log.jsonl"
+    if not log.is_file():
+        return
+    kept = []
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                kept.append(line)
+        except (ValueError, TypeError, AttributeError):
+            kept.append(line)
+    with replacing(log) as f:
+        f.write("".join(line + "\n" for line in kept).encode())
 
 
 def write_samples(editor: Editor, triplets: TripletDataset, folder: Path):

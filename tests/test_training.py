@@ -233,3 +233,23 @@ def test_parallel_loading_gives_the_same_run(tmp_path, tiny_files, folders):
         Trainer(TrainConfig.from_file(cfg), log=lambda s: None).fit()
         runs[workers] = [r["loss"] for r in log_records(tmp_path / f"w{workers}" / "run")]
     assert runs[0] == runs[2]
+
+
+def test_train_shows_progress_and_never_writes_over_an_earlier_runs_steps_unasked(tmp_path, tiny_files, folders,
+                                                                                  capsys):
+    from imgen_core.cli import main
+    config = train_config(tmp_path, tiny_files, folders)
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "training" in err and "6/6" in err  # a progress bar with the steps (and tqdm's time left)
+    first = (run / "log.jsonl").read_text()
+    step6 = (run / "step_0000006" / "trainer_state.pt").read_bytes()
+    assert main(["train", "--config", str(config)]) == 2  # a new run over it
+    assert "holds a run up to step 6, past the step 0 this run starts from" in capsys.readouterr().err
+    assert main(["train", "--config", str(config), "--resume", str(run / "step_0000003")]) == 2
+    err = capsys.readouterr().err
+    assert "past the step 3" in err and "--overwrite" in err
+    assert (run / "log.jsonl").read_text() == first and (run / "step_0000006" / "trainer_state.pt").read_bytes() == step6
+    assert main(["train", "--config", str(config), "--resume", str(run / "step_0000003"), "--overwrite"]) == 0
+    assert [r["step"] for r in log_records(run)] == [1, 2, 3, 4, 5, 6]  # each step once
