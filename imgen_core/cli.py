@@ -28,6 +28,8 @@ HINTS = {"overwrite": "pass --overwrite to replace it",
 def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
     from tqdm import tqdm
     bar = None
+    if not sys.stderr.isatty():
+        position = 0  # nested bars move the cursor up ("\x1b[A"), which a log file shows as stray characters
 
     def update(done: int, total: int):
         nonlocal bar
@@ -741,8 +743,8 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         kept = " (the files finished are kept: rerun to continue)" if getattr(args, "many", False) else ""
-        print(f"imgen {args.command}: interrupted; nothing was written of the file in progress{kept}",
-              file=sys.stderr)
+        print(f"\nimgen {args.command}: interrupted; nothing was written of the file in progress{kept}",
+              file=sys.stderr)  # on a line of its own, after any progress bar
         return 130
 
 

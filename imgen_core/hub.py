@@ -63,7 +63,10 @@ def resolve_file(spec: str | os.PathLike, filename: str, what: str, offline: boo
 
 def load_pretrained(cls, spec: str, what: str, offline: bool | None = None, **kwargs):
     """`cls.from_pretrained(spec)` (transformers), with the same clear error when it is missing."""
+    from transformers.utils import logging as transformers_logging
     offline = offline_default() if offline is None else offline
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every run says nothing to users
     try:
         return cls.from_pretrained(spec, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
@@ -71,6 +74,9 @@ def load_pretrained(cls, spec: str, what: str, offline: bool | None = None, **kw
         where = "the Hugging Face hub (skipped: offline mode)" if offline else f"the Hugging Face hub repo {spec}"
         raise FileNotFoundError(f"{what}: could not load '{spec}'. Looked in: local folder '{spec}'; the "
                                 f"Hugging Face cache {HF_HUB_CACHE}; {where}. ({str(e).splitlines()[0]})") from None
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 class DownloadError(OSError):

@@ -432,3 +432,16 @@ def test_auto_batch_follows_the_devices_memory_and_the_largest_file(tmp_path, ti
     audio = per_song - working_memory.of_editor(tiny_editor, 1, sampling)
     assert cli._auto_batch_size(tiny_editor, sampling, audio) == 3
     assert cli._auto_batch_size(tiny_editor, sampling, 1 << 40) == 1
+
+
+def test_a_logged_batch_run_has_no_cursor_codes_nor_library_bars(tmp_path, tiny_files):
+    """stderr sent to a file (a batch job's log): no cursor-up codes from nested bars, and no
+    "Loading weights" bars from transformers on every run."""
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    for i in range(2):
+        sf.write(str(songs / f"s{i}.wav"), tone(1.0, 32000, freq=200.0 + 90 * i, level=0.3).numpy().T, 32000)
+    run = _edit_folder(tiny_files, songs, tmp_path / "out", batch=1)
+    assert run.returncode == 0, run.stderr
+    assert "\x1b[A" not in run.stderr and "Loading weights" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.count("wrote ") == 2
