@@ -418,6 +418,28 @@ def _demo_songs():
     return (lambda seconds, seed: music.song(seconds, seed, font=font)), f"rendered ({font.name})"
 
 
+def cmd_make_tiny(args) -> int:
+    import dataclasses as dc
+
+    from .files import check_writable_folder
+    from .tiny import TINY_LM, save_tiny, sizes_like
+    out = check_writable_folder(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not empty; name a new or empty folder")
+    cfg = TINY_LM
+    if args.like:
+        text_dim, card = sizes_like(args.like)
+        cfg = dc.replace(cfg, text_dim=text_dim, card=card)
+    files = save_tiny(out, lm_cfg=cfg)
+    print(f"wrote a tiny random model in {out} (T5 width {cfg.text_dim}, {cfg.card} codes per codebook)",
+          file=sys.stderr)
+    adapter = args.like or files["adapter"]
+    base = "" if args.like else f" --base {files['base']}"
+    print(f"try: imgen edit SONG.wav --op add --stem drums -o out.wav --adapter {adapter}{base} --t5 {files['t5']} "
+          f"--encodec {files['encodec']} --offline", file=sys.stderr)
+    return 0
+
+
 DEMO_OUTPUT = "imgen_demo.wav"
 
 
@@ -698,6 +720,15 @@ def parser() -> argparse.ArgumentParser:
                          f"{', '.join(p.key for p in parts.NEEDED)}, what editing needs)")
     dl.add_argument("--to", help="folder to download into (default: IMGEN_WEIGHTS)")
     dl.set_defaults(func=cmd_download)
+
+    mt = sub.add_parser("make-tiny", help="write a tiny random model (LM, adapter, T5, EnCodec) to try things offline",
+                        description="Write a tiny random model in the real file formats. With --like, its T5 and "
+                                    "EnCodec fit another model file (the text width and codebook size of a whole-"
+                                    "model .safetensors or an official-format .ckpt, such as a small test "
+                                    "checkpoint), so that it can be edited with here without downloading anything.")
+    mt.add_argument("out", help="a new or empty folder")
+    mt.add_argument("--like", help="a model file whose text width and codebook size the parts take")
+    mt.set_defaults(func=cmd_make_tiny)
 
     d = sub.add_parser("demo", help="offline self-check with a tiny random model")
     d.add_argument("-o", "--output", default=DEMO_OUTPUT, help=f"output WAV (default {DEMO_OUTPUT}; when it is there "

@@ -165,6 +165,26 @@ def save_tiny(folder, seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> dict[str, Pa
     return paths
 
 
+def sizes_like(path) -> tuple[int, int]:
+    """(text encoder width, codebook size) of the model a file holds: our whole-model file, or
+    the official checkpoint; so that tiny T5 and EnCodec parts fit it."""
+    from .adapter_file import AdapterFile
+    from .checkpoints import CheckpointError
+    from .official_checkpoint import OFFICIAL_GLOBALS, is_official_checkpoint
+    from .safe_pickle import safe_load
+    if is_official_checkpoint(path):
+        state = safe_load(path, OFFICIAL_GLOBALS, what="Instruct-MusicGen checkpoint").get("state_dict") or {}
+        proj = state.get("model.peft_model.lm.condition_provider.conditioners.description.output_proj.weight")
+        emb = state.get("model.peft_model.lm.emb.0.weight")
+        if not (isinstance(proj, torch.Tensor) and isinstance(emb, torch.Tensor) and proj.dim() == emb.dim() == 2):
+            raise CheckpointError(f"{path} holds no LM (text projection and embeddings) to take sizes from")
+        return int(proj.shape[1]), int(emb.shape[0]) - 1
+    cfg = AdapterFile(path).lm_config
+    if cfg is None:
+        raise CheckpointError(f"{path} is an adapter without the LM; give the whole-model file or the checkpoint")
+    return cfg.text_dim, cfg.card
+
+
 def write_official_checkpoint(path, adapter_mb: float, extra_mb: float, dim: int = 512, rank: int = 32,
                               edit=None) -> None:
     """Random weights in the official Lightning checkpoint's layout, of about `adapter_mb` of

@@ -445,3 +445,22 @@ def test_a_logged_batch_run_has_no_cursor_codes_nor_library_bars(tmp_path, tiny_
     assert run.returncode == 0, run.stderr
     assert "\x1b[A" not in run.stderr and "Loading weights" not in run.stderr, run.stderr[-2000:]
     assert run.stderr.count("wrote ") == 2
+
+
+def test_an_official_format_checkpoint_can_be_converted_and_edited_without_writing_code(tmp_path, stereo_wav, capsys):
+    """The journey with a small official-format checkpoint (a parity fixture): convert it, make tiny
+    T5 and EnCodec parts that fit it, edit."""
+    from support import fixture_dir
+    fixture = fixture_dir("instruct_musicgen_tiny")
+    model = tmp_path / "model.safetensors"
+    assert main(["convert", str(fixture / "instruct_checkpoint.ckpt"), "-o", str(model), "--base",
+                 str(fixture / "base_state_dict.bin"), "--offline"]) == 0
+    assert "the whole model (runs without a base)" in capsys.readouterr().err
+    assert main(["make-tiny", str(tmp_path / "parts"), "--like", str(model)]) == 0
+    err = capsys.readouterr().err
+    assert "T5 width 768, 64 codes per codebook" in err
+    command = err.split("try: imgen ")[1].split()
+    command = [str(stereo_wav) if a == "SONG.wav" else str(tmp_path / "out.wav") if a == "out.wav" else a
+               for a in command]
+    assert main(command) == 0, capsys.readouterr().err
+    assert sf.info(str(tmp_path / "out.wav")).frames > 0
