@@ -761,6 +761,9 @@ def main(argv=None) -> int:
     from .config import ConfigError
     from .data import DatasetError
     from .errors import setting_of
+    if getattr(args, "offline", False):
+        from .hub import go_offline
+        go_offline()
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, PermissionError, AudioError, CheckpointError, ConfigError,

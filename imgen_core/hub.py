@@ -24,6 +24,15 @@ def offline_default() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def go_offline():
+    """No library of this process touches the network from now on: huggingface_hub read
+    HF_HUB_OFFLINE when it was imported, and the evaluation's models (laion_clap,
+    frechet_audio_distance) otherwise wait minutes in retries for a hub they cannot reach."""
+    os.environ["HF_HUB_OFFLINE"] = os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import huggingface_hub.constants
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
 def is_repo_id(spec) -> bool:
     """Whether a spec that is no local path reads as a Hugging Face repo id (owner/name)."""
     spec = str(spec)

@@ -464,3 +464,17 @@ def test_an_official_format_checkpoint_can_be_converted_and_edited_without_writi
                for a in command]
     assert main(command) == 0, capsys.readouterr().err
     assert sf.info(str(tmp_path / "out.wav")).frames > 0
+
+
+def test_offline_holds_for_every_library_of_the_run(tmp_path, monkeypatch):
+    """--offline reaches libraries that read HF_HUB_OFFLINE once, at import (huggingface_hub, and
+    through it the evaluation's models, which would otherwise retry an unreachable hub)."""
+    import huggingface_hub.constants
+    from support import fixture_dir
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    fixture = fixture_dir("instruct_musicgen_tiny")
+    assert main(["convert", str(fixture / "instruct_checkpoint.ckpt"), "-o", str(tmp_path / "m.safetensors"),
+                 "--base", str(fixture / "base_state_dict.bin"), "--offline"]) == 0
+    assert huggingface_hub.constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
