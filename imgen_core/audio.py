@@ -90,7 +90,7 @@ def _unreadable(e: Exception) -> str:
     text = " ".join(str(e).split())
     if "does not exist" in text or "not a regular file" in text or "unknown format" in text.lower():
         return "its header is damaged, or it is not an audio file"
-    return text.split(": ", 1)[-1][:160]
+    return text.split(": ", 1)[-1][:160].rstrip(".")
 
 
 def read_audio(path: str | os.PathLike) -> tuple[torch.Tensor, int]:

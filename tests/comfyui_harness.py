@@ -320,7 +320,15 @@ def layout_problems(nodes: list[dict], links: list[list]) -> list[str]:
             (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
             if ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1:
                 problems.append(f"{names[a]} overlaps {names[b]}")
-    for _link_id, origin, _slot, target, _tslot, _type in links:
+    notes = [n["id"] for n in nodes if n["type"] in ("Note", "MarkdownNote")]
+    for _link_id, origin, slot, target, tslot, _type in links:
         if boxes[origin][2] >= boxes[target][0]:
             problems.append(f"the link from {names[origin]} to {names[target]} runs backwards")
+        # from the output slot to the input slot (slots sit 20 px apart below the title bar)
+        x0, y0 = boxes[origin][2], boxes[origin][1] + TITLE_HEIGHT + 10 + 20 * slot
+        x1, y1 = boxes[target][0], boxes[target][1] + TITLE_HEIGHT + 10 + 20 * tslot
+        for note in notes:
+            nx0, ny0, nx1, ny1 = boxes[note]
+            if any(nx0 < x0 + (x1 - x0) * t / 50 < nx1 and ny0 < y0 + (y1 - y0) * t / 50 < ny1 for t in range(51)):
+                problems.append(f"the link from {names[origin]} to {names[target]} runs under {names[note]}")
     return problems

@@ -241,9 +241,9 @@ def test_bad_input_file_reports_our_message_and_server_recovers(server, object_i
     history = server.wait(server.queue(prompt))
     assert history["status"]["status_str"] == "error"
     message = error_message(history)
-    assert message.startswith("corrupt.wav cannot be read as audio: its header is damaged, or it is not an audio "
-                              "file. Readable: WAV, FLAC"), message
-    assert "does not exist" not in message and len(message) < 200
+    # libsndfile's own reason where it gives one ("Short 'fmt ' chunk"), never its "does not exist"
+    assert message.startswith("corrupt.wav cannot be read as audio: ") and "Readable: WAV, FLAC" in message, message
+    assert "does not exist" not in message and ".." not in message and len(message) < 220
     # named as core errors are: the built-in type, not the pack's module under the server's path
     assert error_of(history)["exception_type"] == "ValueError"
     _set_input_file(prompt, "../outside.wav")
