@@ -201,15 +201,16 @@ class Frontend:
             const w = (n.widgets || []).find(w => w.name === 'audioUI');
             return (w && w.element && w.element.getAttribute('src')) || ''; }""", node_id)
 
-    def frame_graph(self, left: int = 120, top: int = 140, margin: int = 20) -> dict:
-        """Zoom and pan so the whole graph fills the window below the menus, and hide the overlays
-        (minimap, toasts); returns the window rectangle the graph occupies, for a screenshot."""
-        x, y, width, height = self.page.evaluate("""([left, top, margin]) => {
+    def frame_graph(self, left: int = 120, top: int = 140, margin: int = 20, types=None) -> dict:
+        """Zoom and pan so the whole graph (or its nodes of `types`) fills the window below the
+        menus, and hide the overlays (minimap, toasts); returns the window rectangle they occupy,
+        for a screenshot."""
+        x, y, width, height = self.page.evaluate("""([left, top, margin, types]) => {
             for (const el of document.querySelectorAll('.p-toast, [class*=minimap]')) el.style.display = 'none';
             const c = window.app.canvas;
             (c.deselectAll || c.deselectAllNodes).call(c);
             let x0 = 1e9, y0 = 1e9, x1 = -1e9, y1 = -1e9;
-            for (const n of window.app.graph._nodes) {
+            for (const n of window.app.graph._nodes.filter(n => !types || types.includes(n.type))) {
                 x0 = Math.min(x0, n.pos[0]); y0 = Math.min(y0, n.pos[1] - 30);
                 x1 = Math.max(x1, n.pos[0] + n.size[0]); y1 = Math.max(y1, n.pos[1] + n.size[1]); }
             const s = Math.min((innerWidth - 2 * left) / (x1 - x0), (innerHeight - top - 60) / (y1 - y0));
@@ -217,7 +218,7 @@ class Frontend:
             c.setDirty(true, true);
             const r = c.canvas.getBoundingClientRect();
             return [r.left + left - margin, r.top + top - margin, (x1 - x0) * s + 2 * margin, (y1 - y0) * s + 2 * margin];
-        }""", [left, top, margin])
+        }""", [left, top, margin, types])
         time.sleep(1)
         return {"x": x, "y": y, "width": width, "height": height}
 

@@ -1,5 +1,5 @@
 """Render the template thumbnails (workflows/<name>.jpg) from the workflows themselves, as the
-frontend draws them: `python tests/render_thumbnails.py` after changing a workflow. Needs what
+frontend draws them, framed on their Instruct Edit nodes (the operations and stems, readable): `python tests/render_thumbnails.py` after changing a workflow. Needs what
 the browser tests need (a ComfyUI, Chromium, Playwright) and Pillow; IMGEN_COMFYUI and
 IMGEN_COMFYUI_FRONTEND choose the ComfyUI and frontend, as for the tests."""
 import io
@@ -50,7 +50,9 @@ def main() -> int:
                 frontend = Frontend(page, server.url).open()
                 for path in sorted((REPO / "workflows").glob("*.json")):
                     frontend.load_workflow(json.loads(path.read_text()), path.name)
-                    _square(page.screenshot(clip=frontend.frame_graph())).save(
+                    # the edits themselves, large enough to read: what tells one workflow from another
+                    shot = page.screenshot(clip=frontend.frame_graph(types=["InstructMusicGenEdit"]))
+                    _square(shot).save(
                         path.with_suffix(".jpg"), quality=82, optimize=True)
                     print(f"wrote {path.with_suffix('.jpg').name} ({frontend.version})")
                 browser.close()

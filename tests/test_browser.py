@@ -237,6 +237,24 @@ def test_free_text_greys_out_operation_and_stem_and_new_nodes_show_their_whole_t
     assert fits[0] >= fits[1], fits
 
 
+def test_the_stem_list_opens_with_the_released_checkpoints_stems_first(frontend, object_info, screenshots):
+    if frontend.legacy:
+        pytest.skip("the old frontend's menus are not read here")
+    frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
+    edit = next(n["id"] for n in frontend.nodes() if n["type"] == "InstructMusicGenEdit")
+    gx, gy = frontend.page.evaluate("""(id) => { const n = window.app.graph.getNodeById(id);
+        const w = n.widgets.find(w => w.name === 'stem');
+        return [n.pos[0] + n.size[0] / 2, n.pos[1] + w.last_y + 10]; }""", edit)
+    frontend.page.mouse.click(*frontend.to_screen(gx, gy))
+    menu = frontend.page.locator(".litecontextmenu, .p-contextmenu, [role=menu]").first
+    menu.wait_for(timeout=10000)
+    entries = [e.strip() for e in menu.inner_text().splitlines() if e.strip()]
+    frontend.screenshot(screenshots / "stem_list.png")
+    assert entries[:4] == ["drums", "bass", "piano", "guitar"], entries
+    assert "organ (other checkpoints)" in entries
+    frontend.page.keyboard.press("Escape")
+
+
 def test_encode_shows_progress(frontend, comfy_server, object_info):
     """EnCodec works through a long song in chunks; the Encode node's bar follows them to the end."""
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
