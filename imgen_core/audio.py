@@ -278,33 +278,47 @@ def written_by_us(path: str | os.PathLike) -> bool:
 FULL_SCALE = 1 - 2 ** -15
 
 
-def fit_full_scale(wav: torch.Tensor) -> tuple[torch.Tensor, float | None]:
-    """`wav` as it is when no sample is beyond full scale (|x| <= 1); otherwise scaled down, all of
-    it by one gain, so that its peak is at full scale, with that gain in dB. An edit that adds a
-    stem can sum past full scale: clipping would distort it, a limiter would change what the user
-    did not ask to change, float output would leave it to players that clip; one gain keeps the
-    balance and the transients, and the caller says how much it was."""
+def fit_full_scale(wav: torch.Tensor, original: torch.Tensor | None = None) -> tuple[torch.Tensor, str | None]:
+    """`wav` as it is when no sample is beyond full scale (|x| <= 1); otherwise brought within it,
+    never clipped, with a sentence saying how. An edit that adds a stem can sum past full scale:
+    clipping would distort it, a limiter would change what the user did not ask to change, float
+    output would leave it to players that clip. With the `original` it was edited from (same
+    shape: preserve rendering), only the edit's changes are scaled down, by the least that fits:
+    every sample the edit left alone stays the input's, a range edit's outside included.
+    Otherwise (the model's own output) all of it takes one gain, which keeps the balance."""
     peak = float(wav.abs().max()) if wav.numel() else 0.0
     if peak <= 1.0:
         return wav, None
-    return wav * (FULL_SCALE / peak), 20 * math.log10(peak / FULL_SCALE)
+    if original is not None and original.shape == wav.shape and float(original.abs().max()) <= 1.0:
+        change = wav - original
+        over = wav.abs() > 1.0
+        k = float(((wav[over].sign() - original[over]) / change[over]).min().clamp(0.0, 1.0))
+        return original + k * change, (f"the edit went {20 * math.log10(peak):.1f} dB past full scale: its changes "
+                                       f"were made {-20 * math.log10(max(k, 1e-9)):.1f} dB quieter, everything "
+                                       f"else kept, so that nothing clips")
+    gain = 20 * math.log10(peak / FULL_SCALE)
+    return wav * (FULL_SCALE / peak), (f"it peaked {gain:.1f} dB over full scale: all of it was made {gain:.1f} dB "
+                                       f"quieter, so that nothing clips")
 
 
 def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, overwrite: bool = False,
-                like: Recording | None = None) -> float | None:
+                like: Recording | None = None) -> str | None:
     """Write [C, T] (or [T]) as WAV, FLAC or OGG (by extension); never replaces a file unless asked.
     16-bit by default; with `like` (the input as read), in its sample type when the format allows
     it, and every sample whose value is the input's (same rate, channels and position) is written
-    exactly as the input stored it. A signal beyond full scale is brought to it by one gain
-    (`fit_full_scale`), never clipped: returns that gain in dB (None when none was needed).
+    exactly as the input stored it. A signal beyond full scale is brought within it, never
+    clipped (`fit_full_scale`, against `like` when it has the same rate and shape): returns the
+    sentence saying how (None when nothing was needed).
     Tagged as written by this software. Written through `files.replacing` (a fresh temporary
     file, renamed into place when complete)."""
     import soundfile as sf
     path = Path(path)
     check_output(path, overwrite)
-    wav, gain_db = fit_full_scale(wav.detach().float().cpu())
+    wav = wav.detach().float().cpu()
     if wav.dim() == 1:
         wav = wav[None]
+    same = like is not None and sample_rate == like.sample_rate and like.wav.shape == wav.shape
+    wav, note = fit_full_scale(wav, like.wav if same else None)
     fmt = dict(zip(WRITABLE_SUFFIXES, ("WAV", "FLAC", "OGG")))[path.suffix.lower()]
     subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS"}[fmt]
     kind, scale = None, 1
@@ -329,4 +343,4 @@ def write_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int, ov
                 same = values == like.wav[:, a:a + CHUNK].numpy().T
                 data[same] = like.native[a:a + CHUNK][same]
             out.write(data)
-    return gain_db
+    return note

@@ -241,10 +241,9 @@ def cmd_edit(args) -> int:
 AUTO_BATCH = 8  # songs decoded together at most when chosen from the device's memory
 
 
-def _quieter(gain_db: float | None) -> str:
+def _quieter(note: str | None) -> str:
     """What `write_audio` did to a result that went past full scale, for the line saying it was written."""
-    return "" if gain_db is None else (f"; it peaked {gain_db:.1f} dB over full scale, so all of it was written "
-                                       f"{gain_db:.1f} dB quieter: nothing clipped")
+    return "" if note is None else f"; {note}"
 
 
 def _batch_option(value: str):

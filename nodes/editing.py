@@ -144,11 +144,11 @@ class InstructMusicGenDecode:
 
     @comfy_glue.plain_errors
     def decode(self, model, codes, sample_rate="input", channels="input", render="auto"):
-        if not codes.operations and codes.render_mode(render) == "preserve":
-            # the input itself would come back: a graph missing its edit, not a result
-            raise ValueError("these tokens were not edited, so preserve rendering would give back the input "
-                             "unchanged: connect an Instruct Edit between Encode and Decode (or set render to "
-                             "model to hear EnCodec's reconstruction)")
+        if not codes.operations and render == "auto":
+            # a graph missing its edit: only EnCodec's copy of the input would come back
+            raise ValueError("these tokens were not edited, so only EnCodec's copy of the input would come back: "
+                             "connect an Instruct Edit between Encode and Decode (or set render to model to hear "
+                             "that copy on purpose)")
         editor = model.ready(codes.codes.shape[0], seconds=codes.codes.shape[-1] / codes.frame_rate)
         try:
             # sample_rate and channels shape the model's output over the whole song; elsewhere the
@@ -160,8 +160,9 @@ class InstructMusicGenDecode:
             if setting_of(e) == "mode":
                 raise type(e)(f"{e}; set render to model") from None
             raise
-        wav, gain = fit_full_scale(wav.float().cpu())  # savers clip what is beyond full scale
-        if gain is not None:
-            print(f"[Instruct-MusicGen] the result peaked {gain:.1f} dB over full scale: all of it made {gain:.1f} dB "
-                  f"quieter, so that saving it clips nothing", flush=True)
+        wav = wav.float().cpu()
+        same = codes.original.shape == wav.shape and rate == codes.source.sample_rate
+        wav, note = fit_full_scale(wav, codes.original.float() if same else None)  # savers clip past full scale
+        if note is not None:
+            print(f"[Instruct-MusicGen] {note}", flush=True)
         return ({"waveform": wav.contiguous(), "sample_rate": rate},)

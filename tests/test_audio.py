@@ -69,25 +69,35 @@ def test_clipping_and_dc_offset_are_handled():
 
 
 @pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
-def test_a_result_beyond_full_scale_is_brought_down_by_one_gain_never_clipped(tmp_path, subtype):
-    """An added stem can sum past full scale (a float result peaked at 2.16): the file is written
-    by one gain at full scale, its shape kept; the gain is returned for the caller to say."""
+def test_a_result_beyond_full_scale_is_brought_within_it_never_clipped(tmp_path, subtype):
+    """An added stem can sum past full scale (a float result peaked at 2.16). Written against the
+    input (preserve rendering): only the edit's changes are scaled, by the least that fits, and
+    every sample the edit left alone is the input's; without it (the model's output): one gain
+    for all. Never clipped; the caller gets the sentence to say."""
     import soundfile as sf
     from imgen_core.audio import FULL_SCALE, read_recording, write_audio
     source = tmp_path / "in.wav"
     t = torch.arange(48000) / 48000
-    song = 0.9 * torch.sin(2 * math.pi * 220 * t)[None].repeat(2, 1)
+    song = 0.6 * torch.sin(2 * math.pi * 220 * t)[None].repeat(2, 1)
     sf.write(str(source), song.numpy().T, 48000, subtype=subtype)
     rec = read_recording(source)
-    louder = rec.wav * 2.4  # peaks at 2.16
-    gain = write_audio(tmp_path / "out.wav", louder, 48000, like=rec)
-    assert gain == pytest.approx(20 * math.log10(2.16 / FULL_SCALE), abs=0.01)
-    written, _ = sf.read(str(tmp_path / "out.wav"), always_2d=True)
-    assert sf.info(str(tmp_path / "out.wav")).subtype == subtype  # the input's sample type
-    assert FULL_SCALE - 1e-4 <= abs(written).max() <= 1.0
-    loud = louder.abs() > 0.1
-    shape = torch.from_numpy(written.T).float()[loud] / louder[loud]
-    assert float(shape.std()) < 1e-3  # one gain for every sample, the crests too: nothing clipped
-    # within full scale nothing changes, a sample at -1 of a 16-bit input included
+    added = torch.zeros_like(rec.wav)
+    added[:, 12000:36000] = 1.56 * torch.sin(2 * math.pi * 220 * t[12000:36000])  # in phase: peaks at 2.16
+    note = write_audio(tmp_path / "out.wav", rec.wav + added, 48000, like=rec)
+    assert note.startswith("the edit went 6.7 dB past full scale: its changes were made") and "everything else kept" in note
+    written = torch.from_numpy(sf.read(str(tmp_path / "out.wav"), always_2d=True, dtype="float64")[0].T)
+    stored = torch.from_numpy(sf.read(str(source), always_2d=True, dtype="float64")[0].T)
+    assert sf.info(str(tmp_path / "out.wav")).subtype == subtype
+    assert torch.equal(written[:, :12000], stored[:, :12000]) and torch.equal(written[:, 36000:], stored[:, 36000:])
+    loud = added.abs() > 0.1
+    ratio = (written - stored).float()[loud] / added[loud]
+    assert float(ratio.std()) < 2e-3 and 0.25 < float(ratio.mean()) < 0.3  # one factor on the change: not clipped
+    assert written.abs().max() <= 1.0
+    # the model's own output, with no input to keep: one gain for all of it
+    note = write_audio(tmp_path / "model.wav", rec.wav + added, 48000)
+    assert note.startswith("it peaked 6.7 dB over full scale: all of it was made 6.7 dB quieter")
+    model = torch.from_numpy(sf.read(str(tmp_path / "model.wav"), always_2d=True)[0].T).float()
+    assert FULL_SCALE - 1e-3 <= model.abs().max() <= 1.0
+    # within full scale nothing changes
     assert write_audio(tmp_path / "same.wav", rec.wav, 48000, like=rec) is None
     assert (tmp_path / "same.wav").read_bytes()[-1000:] == source.read_bytes()[-1000:]
