@@ -724,7 +724,7 @@ def parser() -> argparse.ArgumentParser:
                         description="Write a tiny random model in the real file formats. With --like, its T5 and "
                                     "EnCodec fit another model file (the text width and codebook size of a whole-"
                                     "model .safetensors or an official-format .ckpt, such as a small test "
-                                    "checkpoint), so that it can be edited with here without downloading anything.")
+                                    "checkpoint), so that that file can be edited here without downloading anything.")
     mt.add_argument("out", help="a new or empty folder")
     mt.add_argument("--like", help="a model file whose text width and codebook size the parts take")
     mt.set_defaults(func=cmd_make_tiny)
