@@ -101,3 +101,11 @@ def test_a_result_beyond_full_scale_is_brought_within_it_never_clipped(tmp_path,
     # within full scale nothing changes
     assert write_audio(tmp_path / "same.wav", rec.wav, 48000, like=rec) is None
     assert (tmp_path / "same.wav").read_bytes()[-1000:] == source.read_bytes()[-1000:]
+
+
+def test_libsndfiles_does_not_exist_for_a_file_that_exists_becomes_what_it_means():
+    from imgen_core.audio import _unreadable
+    said = RuntimeError("Error opening '/music/corrupt.wav': File does not exist or is not a regular file "
+                        "(possibly a pipe?).")
+    assert _unreadable(said) == "its header is damaged, or it is not an audio file"
+    assert _unreadable(RuntimeError("Error opening '/music/g.wav': Format not recognised.")) == "Format not recognised"

@@ -131,8 +131,8 @@ def test_cli_edit_refusals(tmp_path, tiny_files, stereo_wav, capsys):
     garbage.write_bytes(b"not audio at all" * 10)
     assert main(["edit", str(garbage), "--op", "add", "--stem", "bass", "-o", str(out), *tiny_args(tiny_files)]) == 2
     err = capsys.readouterr().err
-    assert "garbage.wav cannot be read as audio: its header is damaged, or it is not an audio file" in err
-    assert "does not exist" not in err
+    assert "garbage.wav cannot be read as audio: " in err and "Readable: WAV, FLAC" in err
+    assert "does not exist" not in err and "possibly a pipe" not in err
     assert not out.exists()
 
 
