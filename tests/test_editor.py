@@ -149,3 +149,19 @@ def test_the_items_of_a_batch_each_get_what_editing_them_alone_gives(tiny_editor
         alone = tiny_editor.edit(tiny_editor.encode(clip, 32000), text, sampling).codes
         assert torch.equal(together[i:i + 1], alone), i
     assert not torch.equal(together[0], together[1])
+
+
+def test_the_readmes_python_example_runs_and_saves_its_result(tmp_path, tiny_files, monkeypatch):
+    """The README's Python block as written, on the tiny model (its weights named where the
+    block loads the released ones) and a song in place of song.wav."""
+    import re
+    import soundfile as sf
+    from support import REPO, stem_audio, STEM_RATE
+    block = re.search(r"## Python\n\n```python\n(.*?)```", (REPO / "README.md").read_text(), re.S).group(1)
+    assert "Editor.from_pretrained()" in block and "sf.write(" in block
+    tiny = ", ".join(f"{k}={str(tiny_files[k])!r}" for k in ("base", "adapter", "t5", "encodec"))
+    monkeypatch.chdir(tmp_path)
+    sf.write("song.wav", (stem_audio("drums", 2.0, 0) + stem_audio("piano", 2.0, 1)) / 2, STEM_RATE)
+    exec(compile(block.replace("Editor.from_pretrained()", f"Editor.from_pretrained({tiny})"), "README", "exec"), {})
+    info = sf.info("bass_and_drums.wav")
+    assert (info.samplerate, info.channels) == (STEM_RATE, 1) and abs(info.frames - 2 * STEM_RATE) < 2
