@@ -125,7 +125,9 @@ def _fetch_locked(repo: str, filename: str, dest: Path, progress: FetchProgress)
         raise NotOnHub(f"the Hugging Face repo {repo} has no file {filename}") from None
     except Exception as e:  # noqa: BLE001 - any hub failure gets one explanation
         raise DownloadError(f"cannot reach {filename} of the Hugging Face repo {repo}: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. Without internet here: "
+                            f"`imgen models` lists what is missing, and `imgen download --to DIR` on a machine with "
+                            f"it fetches everything to copy over") from None
     partial = dest.with_name(dest.name + PARTIAL_SUFFIX)
     have = partial.stat().st_size if partial.is_file() else 0
     if meta.size is not None and have > meta.size:

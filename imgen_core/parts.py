@@ -117,7 +117,8 @@ def fetch_part(part: Part, weights: Path, progress: FetchProgress | None = None,
 def missing_message(missing: list[Part], target_of: Callable[[Part], Path], offline: bool,
                     advice: str | None = None) -> str:
     """One message for every part that is not here: what, from where, how large, where it goes."""
-    why = "offline (HF_HUB_OFFLINE=1), so nothing was downloaded" if offline else "they could not be downloaded"
+    why = "offline (--offline or HF_HUB_OFFLINE=1), so nothing was downloaded" if offline else \
+        "they could not be downloaded"
     lines = [f"{len(missing)} part(s) of the model are missing and {why}:"]
     for part in missing:
         lines.append(f"  - {part.what}: {part.source()}, about {human_size(part.size)}, goes to {target_of(part)}")

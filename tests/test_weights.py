@@ -183,3 +183,14 @@ def test_models_lists_what_is_here_and_what_is_missing(hub_files, tmp_path):
     assert f"missing (goes to {tmp_path / 'weights' / 'finetuned.ckpt'})" in lines
     for fact in ("14.6 GB", "CC-BY-NC 4.0", "Apache 2.0", "none stated", "https://huggingface.co/ldzhangyx/instruct-MusicGen"):
         assert fact in lines, fact
+
+
+def test_an_unreachable_hub_is_one_line_that_points_to_the_offline_route(tmp_path):
+    from comfyui_harness import free_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="0", IMGEN_WEIGHTS=str(tmp_path / "w"),
+               HF_HOME=str(tmp_path / "hf"))
+    out = imgen(["download", "base-config"], env, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot reach config.json of the Hugging Face repo facebook/musicgen-large" in out.stderr
+    assert "`imgen download --to DIR` on a machine with it fetches everything" in out.stderr
