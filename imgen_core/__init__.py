@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the same as pyproject.toml's (tests/test_packaging.py)
 # The oldest torch this package runs on (pyproject.toml's floor; a test keeps the two equal):
 # reading checkpoints needs weights-only unpickling with named stand-ins (torch 2.6).
 MIN_TORCH = "2.6"

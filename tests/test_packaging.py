@@ -82,3 +82,8 @@ def test_pyproject_has_what_the_comfy_registry_requires():
     workflow = json.loads((REPO / "workflows" / "Remove a stem.json").read_text())
     assert model["model_url"] == workflow["models"][0]["url"]
     assert model["location"] == f"/{workflow['models'][0]['directory']}/{workflow['models'][0]['name']}"
+
+
+def test_the_librarys_version_is_the_declared_one():
+    with open(REPO / "pyproject.toml", "rb") as f:
+        assert imgen_core.__version__ == tomllib.load(f)["project"]["version"]
