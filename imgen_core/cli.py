@@ -21,6 +21,7 @@ HINTS = {"overwrite": "pass --overwrite to replace it",
          "mode": "use --render model",
          "rate": "--rate and --channels apply to --render model over the whole song",
          "clap_checkpoint": "pass --clap-checkpoint FILE",
+         "metric_weights": "--metric-weights DIR names another folder",
          "operations": "--ops takes a comma-separated list of add, remove, extract",
          "seconds": "see --seconds", "limit": "see --limit", "threads": "see --threads"}
 
@@ -526,7 +527,10 @@ def cmd_eval(args) -> int:
     from .editor import Editor
     from .evaluate import RESULT_FILES, EvalSettings, check_midi, evaluate, markdown
     from .files import check_writable_folder
+    from .hub import offline_default
     from .metrics import require_torchmetrics
+    if args.metric_weights and Path(args.metric_weights).exists() and not Path(args.metric_weights).is_dir():
+        raise ValueError(f"--metric-weights takes a folder (torch hub's layout); {args.metric_weights} is a file")
     skip = [m.strip() for m in (args.skip or "").split(",") if m.strip()]
     if any(m not in eval_models.METRIC_MODELS for m in skip):
         raise ValueError(f"--skip takes a comma-separated list of {', '.join(eval_models.METRIC_MODELS)}; "
@@ -551,8 +555,9 @@ def cmd_eval(args) -> int:
     report = (lambda line: print(line, file=sys.stderr)) if rank == 0 else (lambda line: None)
     wanted = [m for m in eval_models.METRIC_MODELS if m not in skip]
     skipped = {m: "--skip" for m in skip}
-    models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, device=str(device),
-                              offline=bool(args.offline), report=report, hints=HINTS, skipped=skipped)
+    models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, metric_weights=args.metric_weights,
+                              device=str(device), offline=bool(args.offline) or offline_default(), report=report,
+                              hints=HINTS, skipped=skipped)
     if "notes" in models:
         check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
@@ -679,6 +684,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--skip", help=f"comma-separated metrics not to compute among {', '.join(METRIC_MODELS)}")
     v.add_argument("--clap-checkpoint", help=f"local LAION-CLAP checkpoint (default: {CLAP_REPO}/{CLAP_FILE} "
                    "from Hugging Face)")
+    v.add_argument("--metric-weights", metavar="DIR",
+                   help="folder of the VGGish (FAD) and PANNs (KL) weights, in torch hub's layout: read from there, "
+                        "downloaded into it when missing and online (default: torch's hub folder, "
+                        "~/.cache/torch/hub or $TORCH_HOME/hub)")
     v.add_argument("--no-audio", action="store_true", help="do not keep the clips' audio")
     v.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     _add_model_args(v)

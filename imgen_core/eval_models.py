@@ -6,9 +6,12 @@ what would make it available; the evaluation then skips that metric and says so.
 
 CLAP: LAION-CLAP's music_audioset checkpoint (HTSAT-base), from Hugging Face
 (lukewys/laion_clap) or a local file. VGGish (FAD) and PANNs CNN14 at 16 kHz (KL): through
-frechet_audio_distance, which fetches their weights with torch.hub on first use.
+frechet_audio_distance, which fetches their weights with torch.hub on first use into a folder
+(torch's hub folder, or the one given), and reads them from there after.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,26 +70,48 @@ class Clap:
         return np.asarray(self.model.get_text_embedding([caption, caption]))[0]
 
 
-def _fad_model(name: str):
+# What frechet_audio_distance reads from its weights folder (torch's hub layout): VGGish is
+# torchvggish's hub repository and its two release files, PANNs one file named as on Zenodo.
+WEIGHT_FILES = {"vggish": ("harritaylor_torchvggish_master/hubconf.py", "checkpoints/vggish-10086976.pth",
+                           "checkpoints/vggish_pca_params-970ea276.pth"),
+                "pann": ("Cnn14_16k_mAP%3D0.438.pth",)}
+LABELS = {"vggish": "VGGish (FAD)", "pann": "PANNs CNN14 (KL)"}
+
+
+def missing_weights(name: str, folder: Path) -> list[str]:
+    """The files of model `name` ("vggish" or "pann") that `folder` lacks."""
+    return [f for f in WEIGHT_FILES[name] if not (folder / f).is_file()]
+
+
+def _fad_model(name: str, weights: str | None, offline: bool):
     try:
         from frechet_audio_distance import FrechetAudioDistance
     except Exception as e:  # noqa: BLE001
         raise Unavailable(f"frechet_audio_distance cannot be imported ({_why(e)}); {EVAL_EXTRA}") from None
+    folder = Path(weights) if weights else Path(torch.hub.get_dir())
+    missing = missing_weights(name, folder)
+    if offline and missing:  # frechet_audio_distance would try to download them, and wait on the network
+        raise about(Unavailable(f"the {LABELS[name]} weights are not in {folder} (missing: {', '.join(missing)}) "
+                                "and nothing is downloaded offline; run once with internet to fetch them "
+                                "into that folder, or copy it from a machine where it ran"),
+                    "metric_weights")
     try:
         try:
-            fad = FrechetAudioDistance(model_name=name, sample_rate=16000, use_pca=False, use_activation=False)
+            fad = FrechetAudioDistance(ckpt_dir=str(folder), model_name=name, sample_rate=16000, use_pca=False,
+                                       use_activation=False)
         except TypeError:  # releases before 0.2 had no sample_rate
-            fad = FrechetAudioDistance(model_name=name, use_pca=False, use_activation=False)
+            fad = FrechetAudioDistance(ckpt_dir=str(folder), model_name=name, use_pca=False, use_activation=False)
     except Exception as e:  # noqa: BLE001
-        raise Unavailable(f"the {name} model could not be loaded or downloaded ({_why(e)})") from None
+        raise Unavailable(f"the {LABELS[name]} model could not be loaded from {folder} or downloaded there "
+                          f"({_why(e)})") from None
     return fad
 
 
 class Vggish:
     """VGGish embeddings (one 128-d row per 0.96 s) of mono 16 kHz clips, for FAD."""
 
-    def __init__(self):
-        self.fad = _fad_model("vggish")
+    def __init__(self, weights: str | None = None, offline: bool = False):
+        self.fad = _fad_model("vggish", weights, offline)
 
     def frames(self, wav16k: np.ndarray) -> np.ndarray:
         return np.asarray(self.fad.get_embeddings([np.asarray(wav16k, dtype=np.float32)], sr=16000))
@@ -95,8 +120,8 @@ class Vggish:
 class Panns:
     """PANNs CNN14 (16 kHz) logits over the 527 AudioSet classes, for KL."""
 
-    def __init__(self):
-        self.model = _fad_model("pann").model.eval()
+    def __init__(self, weights: str | None = None, offline: bool = False):
+        self.model = _fad_model("pann", weights, offline).model.eval()
 
     @torch.no_grad()
     def logits(self, wav16k: np.ndarray) -> torch.Tensor:
@@ -122,12 +147,14 @@ def _note_model():
         raise Unavailable(str(e)) from None
 
 
-def load(names, *, clap_checkpoint: str | None = None, device="cpu", offline: bool = False,
+def load(names, *, clap_checkpoint: str | None = None, metric_weights: str | None = None, device="cpu",
+         offline: bool = False,
          report=print, hints: dict[str, str] | None = None, skipped: dict | None = None) -> dict:
     """The models for the metrics `names` (among METRIC_MODELS) that can be had: {name: model};
     one line through `report` for each that cannot, with the caller's hint for the setting at
     fault (`hints`: setting -> text) where there is one, and its reason in `skipped`."""
-    loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline), "fad": Vggish, "kl": Panns,
+    loaders = {"clap": lambda: Clap(clap_checkpoint, device, offline),
+               "fad": lambda: Vggish(metric_weights, offline), "kl": lambda: Panns(metric_weights, offline),
                "notes": _note_model}
     models = {}
     for name in names:

@@ -143,6 +143,38 @@ def test_unavailable_embedding_models_are_skipped_with_one_line_each(monkeypatch
     assert all("skipped" in line and "pip install" in line and "\n" not in line for line in lines)
 
 
+def test_fad_and_kl_weights_come_from_the_folder_given_and_offline_a_missing_file_is_named(tmp_path, monkeypatch):
+    """frechet_audio_distance reads and downloads its weights in `ckpt_dir` (torch hub's layout);
+    offline, what that folder lacks is said before the library is asked (it would wait on the
+    network). The library is absent here: a stand-in records what it is given."""
+    import types
+    from imgen_core import eval_models
+    made = []
+
+    class FrechetAudioDistance:
+        def __init__(self, **kwargs):
+            made.append(kwargs)
+            self.model = torch.nn.Linear(1, 1)
+
+    monkeypatch.setitem(sys.modules, "frechet_audio_distance",
+                        types.SimpleNamespace(FrechetAudioDistance=FrechetAudioDistance))
+    folder, lines = tmp_path / "metric_weights", []
+    assert eval_models.load(["fad", "kl"], metric_weights=str(folder), offline=True, report=lines.append) == {}
+    assert not made and not folder.exists()
+    assert lines[0].startswith(f"FAD skipped: the VGGish (FAD) weights are not in {folder} (missing: "
+                               "harritaylor_torchvggish_master/hubconf.py, checkpoints/vggish-10086976.pth, "
+                               "checkpoints/vggish_pca_params-970ea276.pth) and nothing is downloaded offline"), lines
+    assert lines[1].startswith(f"KL skipped: the PANNs CNN14 (KL) weights are not in {folder} (missing: "
+                               "Cnn14_16k_mAP%3D0.438.pth)"), lines
+    for name in ("harritaylor_torchvggish_master/hubconf.py", "checkpoints/vggish-10086976.pth",
+                 "checkpoints/vggish_pca_params-970ea276.pth", "Cnn14_16k_mAP%3D0.438.pth"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"weights")
+    models = eval_models.load(["fad", "kl"], metric_weights=str(folder), offline=True, report=lines.append)
+    assert set(models) == {"fad", "kl"} and len(lines) == 2
+    assert [(m["model_name"], m["ckpt_dir"]) for m in made] == [("vggish", str(folder)), ("pann", str(folder))]
+
+
 def run_eval(tiny_files, data, out, processes=1, threads=None,
              extra=("--seconds", "1.0", "--window", "1.0", "--overlap", "0.5")):
     """`imgen eval` in one process, or under torchrun (which gives each process one thread unless
