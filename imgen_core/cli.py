@@ -325,7 +325,11 @@ def _edit_many(jobs, size: int, edit_group, overwrite: bool) -> int:
         print(f"{mine - left} of {mine} outputs are already there (finished earlier): skipped", file=sys.stderr)
     failed = []
     rank, world = ranks.world()
-    files = tqdm(total=left, desc=f"files (process {rank})" if world > 1 else "files", unit="file", position=0)
+    if not mine:  # more processes than batches: an empty bar would only look stuck
+        print(f"process {rank}: no files of its own ({len(jobs)} files in {len(jobs) // size + bool(len(jobs) % size)} "
+              f"batch(es) of up to {size}, shared among {world} processes)", file=sys.stderr)
+    files = tqdm(total=left, desc=f"files (process {rank})" if world > 1 else "files", unit="file", position=0,
+                 disable=not mine)
 
     def report(src, outcome):
         if isinstance(outcome, Exception):
@@ -599,8 +603,8 @@ def parser() -> argparse.ArgumentParser:
                    "folder, an output folder: each file keeps its name there, outputs already written are skipped "
                    "(rerun to continue after an interruption)")
     e.add_argument("--render", default="auto", choices=RENDER_MODES,
-                   help="auto (default): preserve for --op add, remove or extract, model for a free-text "
-                   "--instruction. preserve: the edit applied to the original at its own rate and channels, all it "
+                   help="auto (default): preserve for --op add, remove or extract (or an --instruction that "
+                   "is one of their texts), model for any other free-text --instruction. preserve: the edit applied to the original at its own rate and channels, all it "
                    "did not ask to change kept; model: the model's 32 kHz mono output")
     e.add_argument("--start", type=float, help="edit only from this second on (default: the start)")
     e.add_argument("--end", type=float, help="edit only up to this second (default: the end); outside the range "

@@ -44,7 +44,8 @@ def test_help_says_what_render_auto_does(capsys):
     with pytest.raises(SystemExit):
         main(["edit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "auto (default): preserve for --op add, remove or extract, model for a free-text --instruction" in text
+    assert "auto (default): preserve for --op add, remove or extract (or an --instruction that is one of their " \
+        "texts), model for any other free-text --instruction" in text
 
 
 def test_a_single_edit_and_a_conversion_create_a_missing_output_folder(tmp_path, tiny_files, stereo_wav):

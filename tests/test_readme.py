@@ -91,7 +91,11 @@ def test_every_readme_command_runs_as_written(tmp_path):
                  "imgen_demo.wav"):
         assert (work / name).stat().st_size > 1000, name
     assert sorted(p.name for p in (work / "edited").iterdir()) == ["a.wav", "b.flac", "c.ogg"]
-    # four processes write the bytes one process wrote
+    # four processes write the bytes one process wrote; those left without a batch say so, no empty bar
+    four = ran["torchrun --nproc_per_node 4 -m imgen_core.cli edit songs/ -o no_drums/ --op remove --stem drums"]
+    assert re.search(r"process 3: no files of its own \(2 files in [12] batch\(es\) of up to \d+, shared among 4 "
+                     r"processes\)", four), four
+    assert "0file" not in four, four
     for song in ("song0.wav", "song1.wav"):
         assert (work / "no_drums" / song).read_bytes() == (work / "no_drums_one_process" / song).read_bytes()
     models = ran["imgen models"]
