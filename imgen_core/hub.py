@@ -4,6 +4,7 @@ touches the network); and `fetch`, which downloads one file of a repo into a fol
 user's choosing, resumably and verified."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
@@ -70,22 +71,31 @@ def resolve_file(spec: str | os.PathLike, filename: str, what: str, offline: boo
         raise FileNotFoundError(f"{what}: could not find {filename}. Looked in: " + "; ".join(places)) from None
 
 
+@contextlib.contextmanager
+def no_transformers_bars():
+    """transformers' own bars ("Loading weights", "Writing model shards") off for a moment: on
+    every run they say nothing to users, and they break the lines of a log."""
+    from transformers.utils import logging as transformers_logging
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def load_pretrained(cls, spec: str, what: str, offline: bool | None = None, **kwargs):
     """`cls.from_pretrained(spec)` (transformers), with the same clear error when it is missing."""
-    from transformers.utils import logging as transformers_logging
     offline = offline_default() if offline is None else offline
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # its "Loading weights" bar on every run says nothing to users
     try:
-        return cls.from_pretrained(spec, local_files_only=offline, **kwargs)
+        with no_transformers_bars():
+            return cls.from_pretrained(spec, local_files_only=offline, **kwargs)
     except (OSError, ValueError) as e:
         from huggingface_hub.constants import HF_HUB_CACHE
         where = "the Hugging Face hub (skipped: offline mode)" if offline else f"the Hugging Face hub repo {spec}"
         raise FileNotFoundError(f"{what}: could not load '{spec}'. Looked in: local folder '{spec}'; the "
                                 f"Hugging Face cache {HF_HUB_CACHE}; {where}. ({str(e).splitlines()[0]})") from None
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
 
 
 class DownloadError(OSError):

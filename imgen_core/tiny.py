@@ -15,6 +15,7 @@ from .audiocraft_lm import write_audiocraft_lm
 from .codec import Codec
 from .config import FusionConfig, LMConfig
 from .editor import Editor
+from .hub import no_transformers_bars
 from .instructions import DIALECTS
 from .lm import init_lm_weights
 from .model import InstructMusicGen
@@ -158,9 +159,10 @@ def save_tiny(folder, seed: int = 0, lm_cfg: LMConfig = TINY_LM) -> dict[str, Pa
     meta = adapter_metadata(model.fusion_cfg, model.lm_cfg.num_layers, model.lm_cfg.dim, "tiny", "slakh",
                             editor.stems, source="tiny random model")
     write_safetensors(model.adapter_state_dict(), paths["adapter"], meta)
-    editor.text_encoder.tokenizer.save_pretrained(paths["t5"])
-    editor.text_encoder.encoder.save_pretrained(paths["t5"])
-    editor.codec.model.save_pretrained(paths["encodec"])
+    with no_transformers_bars():
+        editor.text_encoder.tokenizer.save_pretrained(paths["t5"])
+        editor.text_encoder.encoder.save_pretrained(paths["t5"])
+        editor.codec.model.save_pretrained(paths["encodec"])
     (folder / "tiny.json").write_text(json.dumps({k: str(v) for k, v in paths.items()}, indent=1))
     return paths
 
