@@ -34,13 +34,14 @@ SLOW = {**TINY, "base": "slow/state_dict.bin", "adapter": "slow.safetensors", "t
 ROOMY = [{**TINY, "base": f"roomy{i}/state_dict.bin", "adapter": f"roomy{i}.safetensors", "t5": f"roomy{i}-t5",
           "encodec": f"roomy{i}-encodec"} for i in (1, 2)]
 ROOMY_LM = dict(dim=1024, num_heads=16, num_layers=8, card=64, text_dim=32)
-# What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, and corrupt.wav):
+# What its input folder holds (besides "other song.wav", like song.wav, long.wav, 12 s, minute.wav, 60 s,
+# and corrupt.wav):
 # songs rendered from MIDI (imgen_core.music), or tones where rendering is not installed.
 SONG_SECONDS = 3.0
 CLIP_SECONDS = {"clip1.wav": 1.0, "clip2.wav": 1.5, "clip3.wav": 2.0}
-INPUT_CHANNELS = {"song.wav": 2, "other song.wav": 2, "long.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
-INPUT_RATES = {"song.wav": 44100, "other song.wav": 44100, "long.wav": 44100, "clip1.wav": 48000, "clip2.wav": 48000,
-               "clip3.wav": 48000}
+INPUT_CHANNELS = {"song.wav": 2, "other song.wav": 2, "long.wav": 2, "minute.wav": 2, "clip1.wav": 1, "clip2.wav": 1, "clip3.wav": 1}
+INPUT_RATES = {"song.wav": 44100, "other song.wav": 44100, "long.wav": 44100, "minute.wav": 44100, "clip1.wav": 48000,
+               "clip2.wav": 48000, "clip3.wav": 48000}
 
 
 def find_comfyui(tmp: Path) -> tuple[Path, str, str] | None:
@@ -105,6 +106,7 @@ def start_test_server(base: Path, device_args=("--cpu",), roomy: bool = True, fo
     for i, (name, seconds) in enumerate(CLIP_SECONDS.items()):
         write_audio(srv.input_dir / name, music(seconds, 48000, 1, 3 + i), 48000)
     write_audio(srv.input_dir / "long.wav", music(12.0, 44100, 2, 6), 44100)
+    write_audio(srv.input_dir / "minute.wav", music(60.0, 44100, 2, 7), 44100)
     (srv.input_dir / "corrupt.wav").write_bytes(b"RIFF....WAVEfmt " + bytes(200))
     return srv.start()
 

@@ -269,6 +269,26 @@ def test_encode_shows_progress(frontend, comfy_server, object_info):
     assert len(steps) >= 2 and steps[-1] == (600, 600), steps  # 12 s at 50 frames/s, in chunks of 500
 
 
+def test_encode_progress_is_drawn_on_the_node_while_it_runs(frontend, comfy_server, object_info, screenshots):
+    """A minute of music is six EnCodec chunks: the page is shown mid-way, then the run is cancelled."""
+    frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
+    _choose_models(frontend, TINY)
+    _choose_audio(frontend, "minute.wav")
+    encoder = next(str(n["id"]) for n in frontend.nodes() if n["type"] == "InstructMusicGenEncode")
+    prompt_id, _ = frontend.run()
+    deadline = time.time() + 120
+    while not any(m.get("type") == "progress" and str(m["data"].get("node")) == encoder and
+                  0 < m["data"]["value"] < m["data"]["max"] for m in frontend.messages):
+        assert time.time() < deadline, "no progress from Encode within 120 s"
+        frontend.page.wait_for_timeout(100)
+    frontend.page.wait_for_timeout(300)  # one frame of the canvas
+    frontend.screenshot(screenshots / "encode_progress.png")
+    shown = [m["data"] for m in frontend.messages if m.get("type") == "progress"]
+    frontend.cancel()
+    comfy_server.wait(prompt_id, timeout=120)
+    assert shown[-1]["max"] == 3000 and 0 < shown[-1]["value"] < 3000, shown  # 60 s at 50 frames/s
+
+
 def test_cancel_stops_a_long_edit_and_the_next_run_succeeds(frontend, comfy_server, object_info):
     frontend.load_workflow(_workflow("Remove a stem.json", object_info), "Remove a stem.json")
     _choose_models(frontend, SLOW)
