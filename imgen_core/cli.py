@@ -326,8 +326,9 @@ def _edit_many(jobs, size: int, edit_group, overwrite: bool) -> int:
     failed = []
     rank, world = ranks.world()
     if not mine:  # more processes than batches: an empty bar would only look stuck
-        print(f"process {rank}: no files of its own ({len(jobs)} files in {len(jobs) // size + bool(len(jobs) % size)} "
-              f"batch(es) of up to {size}, shared among {world} processes)", file=sys.stderr)
+        batches = -(-len(jobs) // size)
+        print(f"process {rank}: no files of its own ({len(jobs)} files in {batches} batch(es) of up to {size}, "
+              f"shared among {world} processes)", file=sys.stderr)
     files = tqdm(total=left, desc=f"files (process {rank})" if world > 1 else "files", unit="file", position=0,
                  disable=not mine)
 
@@ -604,8 +605,9 @@ def parser() -> argparse.ArgumentParser:
                    "(rerun to continue after an interruption)")
     e.add_argument("--render", default="auto", choices=RENDER_MODES,
                    help="auto (default): preserve for --op add, remove or extract (or an --instruction that "
-                   "is one of their texts), model for any other free-text --instruction. preserve: the edit applied to the original at its own rate and channels, all it "
-                   "did not ask to change kept; model: the model's 32 kHz mono output")
+                   "is one of their texts), model for any other free-text --instruction. preserve: the edit applied "
+                   "to the original at its own rate and channels, all it did not ask to change kept; model: the "
+                   "model's 32 kHz mono output")
     e.add_argument("--start", type=float, help="edit only from this second on (default: the start)")
     e.add_argument("--end", type=float, help="edit only up to this second (default: the end); outside the range "
                    "and its fades every sample is the input's")

@@ -148,8 +148,7 @@ def _note_model():
 
 
 def load(names, *, clap_checkpoint: str | None = None, metric_weights: str | None = None, device="cpu",
-         offline: bool = False,
-         report=print, hints: dict[str, str] | None = None, skipped: dict | None = None) -> dict:
+         offline: bool = False, report=print, hints: dict[str, str] | None = None, skipped: dict | None = None) -> dict:
     """The models for the metrics `names` (among METRIC_MODELS) that can be had: {name: model};
     one line through `report` for each that cannot, with the caller's hint for the setting at
     fault (`hints`: setting -> text) where there is one, and its reason in `skipped`."""
