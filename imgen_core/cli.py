@@ -42,19 +42,20 @@ def _progress_bar(desc: str, position: int = 0, unit: str = "step"):
     return update
 
 
-def _load_progress():
-    """Bars for what loading the model may take a while for: downloads, their check, the one-time
-    conversion of the official checkpoint."""
+def _stage_bars(label: str = "model"):
+    """Bars for what may take a while before any work: downloads, their check, the one-time
+    conversion of the official checkpoint. One per stage, named "<stage> <label>"; a finished one
+    makes way for the next file's ("loading" is the caller's to show)."""
     bars = {}
 
     def update(stage: str, done: int, total: int):
         if stage == "loading":
             return
         if stage not in bars:
-            bars[stage] = _progress_bar(f"{stage} model", unit="B")
+            bars[stage] = _progress_bar(f"{stage} {label}", unit="B")
         bars[stage](done, total)
         if done >= total:
-            del bars[stage]  # a next file or part starts a new bar
+            del bars[stage]
     return update
 
 
@@ -168,7 +169,7 @@ def cmd_edit(args) -> int:
             return 0
     device = ranks.join(device)
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
-                                    offline=True if args.offline else None, progress=_load_progress())
+                                    offline=True if args.offline else None, progress=_stage_bars())
     text = editor.instruction(args.op, args.stem, args.instruction)
     print(f"instruction: {text!r}; render: {mode}", file=sys.stderr)
 
@@ -393,17 +394,11 @@ def cmd_download(args) -> int:
         if part.present(weights):
             print(f"{part.key}: already here ({part.target(weights)})", file=sys.stderr)
             continue
-        bars = {}
-
-        def report(stage, done, total, bars=bars):
-            if stage not in bars:
-                bars[stage] = _progress_bar(f"{stage} {bars.get('file', part.key)}", unit="B")
-            bars[stage](done, total)
+        bars = [_stage_bars(part.key)]
 
         def on_file(name, bars=bars):
-            bars.clear()
-            bars["file"] = name
-        target = parts.fetch_part(part, weights, report, on_file)
+            bars[0] = _stage_bars(name)
+        target = parts.fetch_part(part, weights, lambda *progress: bars[0](*progress), on_file)
         print(f"{part.key}: {target}", file=sys.stderr)
     if args.to:
         print(f"done. On the machine that uses them: IMGEN_WEIGHTS={weights} imgen edit ...", file=sys.stderr)
@@ -532,7 +527,7 @@ def cmd_eval(args) -> int:
     from .editor import Editor
     from .evaluate import RESULT_FILES, EvalSettings, check_midi, evaluate, markdown
     from .files import check_writable_folder
-    from .hub import offline_default
+    from .hub import offline_default  # --offline is in it: main() set HF_HUB_OFFLINE
     from .metrics import require_torchmetrics
     if args.metric_weights and Path(args.metric_weights).exists() and not Path(args.metric_weights).is_dir():
         raise ValueError(f"--metric-weights takes a folder (torch hub's layout); {args.metric_weights} is a file")
@@ -561,12 +556,12 @@ def cmd_eval(args) -> int:
     wanted = [m for m in eval_models.METRIC_MODELS if m not in skip]
     skipped = {m: "--skip" for m in skip}
     models = eval_models.load(wanted, clap_checkpoint=args.clap_checkpoint, metric_weights=args.metric_weights,
-                              device=str(device), offline=bool(args.offline) or offline_default(), report=report,
+                              device=str(device), offline=offline_default(), report=report,
                               hints=HINTS, skipped=skipped)
     if "notes" in models:
         check_midi(songs)  # a bad MIDI file is said now, not after hours of editing
     editor = Editor.from_pretrained(args.base, args.adapter, args.t5, args.encodec, device=device, dtype=args.dtype,
-                                    offline=True if args.offline else None, progress=_load_progress())
+                                    offline=True if args.offline else None, progress=_stage_bars())
     if batch == "auto":  # a clip's audio: its input, target and edit at 44.1 kHz, and their metrics
         batch = _auto_batch_size(editor, settings.sampling, int(settings.seconds * 44100 * 4 * 16))
     settings = dataclasses.replace(settings, batch=batch)

@@ -75,12 +75,12 @@ def converted_adapter(ckpt, folders=None, progress: Callable[[int, int], None] |
     base = str(base or defaults.BASE)
     tag = hashlib.sha1(f"{ckpt.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     candidates = list(folders or [cache_dir() / "adapters"])
+    name = f"{ckpt.stem}.{tag}.model.safetensors"
     for folder in candidates:
-        out = Path(folder) / f"{ckpt.stem}.{tag}.model.safetensors"
-        if out.exists():
-            return out
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
     for folder in candidates:
-        out = Path(folder) / f"{ckpt.stem}.{tag}.model.safetensors"
+        out = Path(folder) / name
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             convert_official(ckpt, out, progress=progress,

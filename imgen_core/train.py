@@ -314,19 +314,24 @@ def step_of(folder) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _log_steps(out) -> list[tuple[str, int | None]]:
+    """Each line of the run log in `out` with the step it records (None where none can be read)."""
+    log = Path(out) / "log.jsonl"
+    rows = []
+    for line in log.read_text(errors="replace").splitlines() if log.is_file() else []:
+        try:
+            rows.append((line, int(json.loads(line).get("step", 0))))
+        except (ValueError, TypeError, AttributeError):
+            rows.append((line, None))
+    return rows
+
+
 def last_step_in(out) -> int:
     """The last step an earlier run recorded in the run folder `out` (its log's rows and its
     `step_N` folders); 0 when there is none."""
     out = Path(out)
     steps = [step_of(p) or 0 for p in out.glob("step_*") if p.is_dir()] if out.is_dir() else []
-    log = out / "log.jsonl"
-    if log.is_file():
-        for line in log.read_text(errors="replace").splitlines():
-            try:
-                steps.append(int(json.loads(line).get("step", 0)))
-            except (ValueError, TypeError, AttributeError):
-                continue
-    return max(steps, default=0)
+    return max(steps + [step for _, step in _log_steps(out) if step is not None], default=0)
 
 
 def check_run_folder(out, resume=None, overwrite: bool = False) -> int:
@@ -335,8 +340,8 @@ def check_run_folder(out, resume=None, overwrite: bool = False) -> int:
     folder's last, unless `overwrite`. Returns that last step (0: none)."""
     done, start = last_step_in(out), (step_of(resume) or 0) if resume else 0
     if done > start and not overwrite:
-        how = f"resume from the latest (--resume {Path(out) / f'step_{done:07d}'})" if resume is None or \
-            (Path(out) / f"step_{done:07d}").is_dir() else "resume from its latest step"
+        latest = Path(out) / f"step_{done:07d}"
+        how = f"resume from the latest (--resume {latest})" if latest.is_dir() else "resume from its latest step"
         raise about(FileExistsError(
             f"{out} holds a run up to step {done}, past the step {start} this run starts from: {how}, choose "
             f"another out_dir, or replace them"), "overwrite")
@@ -345,18 +350,10 @@ def check_run_folder(out, resume=None, overwrite: bool = False) -> int:
 
 def drop_log_after(out, step: int):
     """The run log without the rows past `step` (the steps a resume with overwrite replaces)."""
-    log = Path(out) / "log.jsonl"
-    if not log.is_file():
-        return
-    kept = []
-    for line in log.read_text(errors="replace").splitlines():
-        try:
-            if int(json.loads(line).get("step", 0)) <= step:
-                kept.append(line)
-        except (ValueError, TypeError, AttributeError):
-            kept.append(line)
-    with replacing(log) as f:
-        f.write("".join(line + "\n" for line in kept).encode())
+    rows = _log_steps(out)
+    if rows:
+        with replacing(Path(out) / "log.jsonl") as f:
+            f.write("".join(line + "\n" for line, s in rows if s is None or s <= step).encode())
 
 
 def write_samples(editor: Editor, triplets: TripletDataset, folder: Path):

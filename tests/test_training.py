@@ -246,10 +246,25 @@ def test_train_shows_progress_and_never_writes_over_an_earlier_runs_steps_unaske
     first = (run / "log.jsonl").read_text()
     step6 = (run / "step_0000006" / "trainer_state.pt").read_bytes()
     assert main(["train", "--config", str(config)]) == 2  # a new run over it
-    assert "holds a run up to step 6, past the step 0 this run starts from" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a run up to step 6, past the step 0 this run starts from: resume from the latest (--resume " \
+        f"{run / 'step_0000006'})" in err, err
     assert main(["train", "--config", str(config), "--resume", str(run / "step_0000003")]) == 2
     err = capsys.readouterr().err
     assert "past the step 3" in err and "--overwrite" in err
     assert (run / "log.jsonl").read_text() == first and (run / "step_0000006" / "trainer_state.pt").read_bytes() == step6
     assert main(["train", "--config", str(config), "--resume", str(run / "step_0000003"), "--overwrite"]) == 0
     assert [r["step"] for r in log_records(run)] == [1, 2, 3, 4, 5, 6]  # each step once
+
+
+def test_a_run_folder_holding_only_its_log_still_holds_an_earlier_run(tmp_path):
+    """Steps logged after the last step_N folder (or with none kept) count too; an unreadable
+    line is kept, not trusted."""
+    from imgen_core.train import check_run_folder, drop_log_after
+    (tmp_path / "log.jsonl").write_text('{"step": 3, "loss": 1.0}\nnot json\n{"step": 4, "loss": 0.9}\n')
+    with pytest.raises(FileExistsError, match="holds a run up to step 4, past the step 0 this run starts from: "
+                                              "resume from its latest step"):
+        check_run_folder(tmp_path)
+    assert check_run_folder(tmp_path, overwrite=True) == 4
+    drop_log_after(tmp_path, 3)
+    assert (tmp_path / "log.jsonl").read_text() == '{"step": 3, "loss": 1.0}\nnot json\n'

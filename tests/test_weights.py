@@ -151,7 +151,7 @@ def test_download_reports_progress_resumes_after_the_server_dies_and_never_leave
     assert f"GET /{CHECKPOINT[0]}/resolve/main/{CHECKPOINT[1]} bytes={kept}-" in log  # continued, not restarted
     assert (weights / "finetuned.ckpt").read_bytes() == served.read_bytes()
     assert not partial.exists()
-    assert f"{size}/{size}" in done.stderr  # the bar reached the total
+    assert f"{size}/{size}" in done.stderr and "downloading finetuned.ckpt" in done.stderr  # the file's bar, to the end
 
 
 @pytest.mark.parametrize("fault", ["--corrupt", "--truncate"])
